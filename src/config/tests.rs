@@ -1,0 +1,226 @@
+use super::*;
+
+const REFERENCE: &str = include_str!("../../examples/reference.toml");
+
+fn errors_of(text: &str) -> Vec<String> {
+    match check_str(text, Syntax::Toml, "test.toml") {
+        Ok(_) => panic!("config unexpectedly valid"),
+        Err(ConfigError::Invalid { issues, .. }) => issues.iter().map(|i| i.to_string()).collect(),
+        Err(other) => vec![other.to_string()],
+    }
+}
+
+#[test]
+fn reference_layout_is_valid_and_warns_about_var_log() {
+    let checked =
+        check_str(REFERENCE, Syntax::Toml, "reference.toml").expect("reference config is valid");
+    assert_eq!(checked.config.luks.len(), 1);
+    assert_eq!(checked.config.btrfs[0].subvolumes.len(), 5);
+    assert_eq!(checked.warnings.len(), 1, "{:?}", checked.warnings);
+    let w = &checked.warnings[0];
+    assert_eq!(w.field, "persist[0].directories[1]");
+    assert!(
+        w.message
+            .contains("/var/log already lives on subvolume `log`"),
+        "{}",
+        w.message
+    );
+}
+
+#[test]
+fn json_and_toml_agree() {
+    let toml = check_str(REFERENCE, Syntax::Toml, "r.toml")
+        .expect("valid")
+        .config;
+    let json = serde_json::to_string(&toml).expect("serialises");
+    let back = check_str(&json, Syntax::Json, "r.json")
+        .expect("valid")
+        .config;
+    assert_eq!(toml, back);
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let text = REFERENCE.replace("allow_discards = true", "allow_discard = true");
+    let err = check_str(&text, Syntax::Toml, "t.toml")
+        .expect_err("typo must be rejected")
+        .to_string();
+    assert!(err.contains("luks[0]"), "{err}");
+    assert!(err.contains("unknown field `allow_discard`"), "{err}");
+}
+
+#[test]
+fn unknown_field_is_named_in_json() {
+    let err = check_str(
+        r#"{"btrfs":[{"device":"/dev/vda","subvolumes":[{"subvolume":"root","mount_point":"/","mountpoint":"/x"}]}]}"#,
+        Syntax::Json,
+        "t.json",
+    )
+    .expect_err("rejected")
+    .to_string();
+    assert!(err.contains("btrfs[0].subvolumes[0]"), "{err}");
+    assert!(err.contains("mountpoint"), "{err}");
+}
+
+#[test]
+fn bad_device_and_relative_paths_name_the_field() {
+    let err = check_str(&REFERENCE.replace("LABEL=luks", "luks"), Syntax::Toml, "t")
+        .expect_err("rejected")
+        .to_string();
+    assert!(err.contains("luks[0].device"), "{err}");
+    let err = check_str(
+        &REFERENCE.replace(
+            "files = [\"/etc/machine-id\"]",
+            "files = [\"../etc/shadow\"]",
+        ),
+        Syntax::Toml,
+        "t",
+    )
+    .expect_err("rejected")
+    .to_string();
+    assert!(err.contains("persist[0].files[0]"), "{err}");
+    assert!(err.contains("not an absolute path"), "{err}");
+    let err = check_str(
+        &REFERENCE.replace(
+            "files = [\"/etc/machine-id\"]",
+            "files = [\"/etc/../../shadow\"]",
+        ),
+        Syntax::Toml,
+        "t",
+    )
+    .expect_err("rejected")
+    .to_string();
+    assert!(err.contains("outside the new root"), "{err}");
+}
+
+#[test]
+fn duplicate_mount_point() {
+    let text = REFERENCE.replace("mount_point = \"/nix\"", "mount_point = \"/home\"");
+    let errs = errors_of(&text);
+    assert!(
+        errs.iter().any(|e| e.starts_with("btrfs[0].subvolumes[2].mount_point: /home is already the mount point of btrfs[0].subvolumes[1]")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn mount_point_without_mounted_parent() {
+    let text = REFERENCE.replace("mount_point = \"/\"\n", "mount_point = \"/old\"\n");
+    let errs = errors_of(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("btrfs[0].subvolumes[1].mount_point: /home has no mounted parent")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn persist_root_on_root_subvolume_is_refused() {
+    let text = REFERENCE.replace("root = \"/persist\"", "root = \"/state\"");
+    let errs = errors_of(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("persist[0].root: /state is on the root subvolume")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn persisted_path_hiding_a_mount_is_refused() {
+    let text = REFERENCE.replace("\"/var/lib/systemd\", \"/var/log\"", "\"/var\"");
+    let errs = errors_of(&text);
+    assert!(
+        errs.iter().any(
+            |e| e.contains("persist[0].directories[0]: /var contains the mount point /var/log")
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn duplicate_and_overlapping_persisted_paths() {
+    let text = REFERENCE.replace(
+        "\"/var/lib/systemd\", \"/var/log\"",
+        "\"/var/lib/systemd\", \"/var/lib/systemd\", \"/persist/x\"",
+    );
+    let errs = errors_of(&text);
+    assert!(errs.iter().any(|e| e.contains("persist[0].directories[1]: /var/lib/systemd is already persisted by persist[0].directories[0]")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("overlaps the persist root /persist")),
+        "{errs:?}"
+    );
+    let text = REFERENCE.replace(
+        "\"/var/lib/systemd\", \"/var/log\"",
+        "\"/etc/machine-id/x\"",
+    );
+    let errs = errors_of(&text);
+    assert!(
+        errs.iter().any(|e| e.contains("persisted as a file")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn luks_names_and_mount_options() {
+    let text = REFERENCE.replace("name = \"cryptroot\"", "name = \"crypt/root\"");
+    assert!(
+        errors_of(&text)
+            .iter()
+            .any(|e| e.starts_with("luks[0].name"))
+    );
+    let text = REFERENCE.replace(
+        "\"compress=zstd\", \"noatime\"",
+        "\"compress=zstd,noatime\"",
+    );
+    assert!(
+        errors_of(&text)
+            .iter()
+            .any(|e| e.starts_with("btrfs[0].options[0]"))
+    );
+    let text = REFERENCE.replace("\"compress=zstd\", \"noatime\"", "\"subvol=root\"");
+    assert!(
+        errors_of(&text)
+            .iter()
+            .any(|e| e.contains("use the `subvolume` field"))
+    );
+    let text = REFERENCE.replace("subvolume = \"nix\"", "subvolume = \"../nix\"");
+    assert!(
+        errors_of(&text)
+            .iter()
+            .any(|e| e.starts_with("btrfs[0].subvolumes[2].subvolume"))
+    );
+}
+
+#[test]
+fn syntax_errors_are_reported_with_origin() {
+    let err = check_str("[[luks]\nname=", Syntax::Toml, "broken.toml")
+        .expect_err("rejected")
+        .to_string();
+    assert!(err.starts_with("config broken.toml:"), "{err}");
+    let err = check_str("{\"luks\": [}", Syntax::Json, "broken.json")
+        .expect_err("rejected")
+        .to_string();
+    assert!(err.starts_with("config broken.json:"), "{err}");
+}
+
+#[test]
+fn no_filesystem_is_an_error() {
+    let errs = errors_of("init = \"/sbin/init\"\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("btrfs: no filesystem configured")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn implied_modules() {
+    let c = check_str(REFERENCE, Syntax::Toml, "r")
+        .expect("valid")
+        .config;
+    let m = c.implied_kernel_modules();
+    assert!(m.contains(&"dm_crypt".to_string()));
+    assert!(m.contains(&"btrfs".to_string()));
+    assert!(m.contains(&"virtio_blk".to_string()));
+}

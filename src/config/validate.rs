@@ -1,0 +1,392 @@
+//! Consistency checks over a parsed config. Everything here runs before any
+//! device is touched: a config that passes can be planned and executed; a
+//! config that fails names the field at fault and why.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::abspath::AbsPath;
+use super::schema::{Config, Subvolume};
+
+/// One problem, tied to the config field it is about (`luks[0].name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldIssue {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// What validation found: errors make the config unusable, warnings describe
+/// a decision ember took on the user's behalf (and are logged at every boot).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Findings {
+    pub errors: Vec<FieldIssue>,
+    pub warnings: Vec<FieldIssue>,
+}
+
+impl Findings {
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldIssue {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+    fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(FieldIssue {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// A mounted subvolume and the config field that declared it.
+#[derive(Debug, Clone, Copy)]
+pub struct MountRef<'a> {
+    pub field_fs: usize,
+    pub field_sub: usize,
+    pub subvolume: &'a Subvolume,
+}
+
+impl MountRef<'_> {
+    pub fn field(&self) -> String {
+        format!("btrfs[{}].subvolumes[{}]", self.field_fs, self.field_sub)
+    }
+}
+
+/// Every configured mount, in config order.
+pub fn mounts(config: &Config) -> Vec<MountRef<'_>> {
+    config
+        .btrfs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, fs)| {
+            fs.subvolumes
+                .iter()
+                .enumerate()
+                .map(move |(j, s)| MountRef {
+                    field_fs: i,
+                    field_sub: j,
+                    subvolume: s,
+                })
+        })
+        .collect()
+}
+
+/// The mount that holds `path` in the new root: the deepest mount point at or above it.
+pub fn owning_mount<'a>(config: &'a Config, path: &AbsPath) -> Option<MountRef<'a>> {
+    mounts(config)
+        .into_iter()
+        .filter(|m| m.subvolume.mount_point.contains(path))
+        .max_by_key(|m| m.subvolume.mount_point.depth())
+}
+
+/// What ember does with one persisted path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersistDisposition {
+    /// Bind-mount it from the persist root.
+    Bind,
+    /// Leave it alone: it already lives on a subvolume that is never rolled
+    /// back (`/var/log` mounted from its own subvolume), so a bind mount
+    /// stacked on top would only hide that subvolume.
+    OnPersistentSubvolume {
+        mount_point: AbsPath,
+        subvolume: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Directory,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Directory => "directory",
+        }
+    }
+}
+
+/// One persisted path, with the field that declared it and what to do with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistEntry {
+    pub field: String,
+    pub root: AbsPath,
+    pub path: AbsPath,
+    pub kind: EntryKind,
+    pub disposition: PersistDisposition,
+}
+
+/// Every persisted entry, in config order, with its disposition decided.
+pub fn persist_entries(config: &Config) -> Vec<PersistEntry> {
+    let mut out = Vec::new();
+    for (i, root) in config.persist.iter().enumerate() {
+        let lists = [
+            ("files", EntryKind::File, &root.files),
+            ("directories", EntryKind::Directory, &root.directories),
+        ];
+        for (list, kind, paths) in lists {
+            for (j, path) in paths.iter().enumerate() {
+                let disposition = match owning_mount(config, path) {
+                    Some(m) if !m.subvolume.mount_point.is_root() => {
+                        PersistDisposition::OnPersistentSubvolume {
+                            mount_point: m.subvolume.mount_point.clone(),
+                            subvolume: m.subvolume.subvol_path().to_string(),
+                        }
+                    }
+                    _ => PersistDisposition::Bind,
+                };
+                out.push(PersistEntry {
+                    field: format!("persist[{i}].{list}[{j}]"),
+                    root: root.root.clone(),
+                    path: path.clone(),
+                    kind,
+                    disposition,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn valid_mapper_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 127
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.+".contains(&b))
+}
+
+fn valid_module_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn check_subvolume_path(findings: &mut Findings, field: String, subvolume: &str) {
+    let trimmed = subvolume.trim_matches('/');
+    if trimmed.is_empty() {
+        findings.error(
+            field,
+            "is empty; name the subvolume (mounting the top level of the filesystem is not supported)",
+        );
+    } else if trimmed.contains('\0') || trimmed.contains(',') {
+        findings.error(
+            field,
+            format!("`{subvolume}` contains `,` or NUL, which mount options cannot carry"),
+        );
+    } else if trimmed
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        findings.error(
+            field,
+            format!("`{subvolume}` must be a normalised path without `.` or `..`"),
+        );
+    }
+}
+
+fn check_mount_options(findings: &mut Findings, field: &str, options: &[String]) {
+    for (k, opt) in options.iter().enumerate() {
+        let field = format!("{field}.options[{k}]");
+        if opt.is_empty() {
+            findings.error(field, "is empty");
+        } else if opt.contains(',') {
+            findings.error(
+                field,
+                format!("`{opt}` holds several options; give one per list entry"),
+            );
+        } else if opt.starts_with("subvol=") || opt.starts_with("subvolid=") {
+            findings.error(field, format!("`{opt}`: use the `subvolume` field instead"));
+        }
+    }
+}
+
+/// Checks everything that can be checked without touching the system.
+pub fn validate(config: &Config) -> Findings {
+    let mut f = Findings::default();
+
+    if config.device_timeout_secs == 0 {
+        f.error("device_timeout_secs", "must be at least 1 second");
+    }
+    for (i, m) in config.kernel_modules.iter().enumerate() {
+        if !valid_module_name(m) {
+            f.error(
+                format!("kernel_modules[{i}]"),
+                format!("`{m}` is not a kernel module name"),
+            );
+        }
+    }
+
+    let mut mapper_names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, luks) in config.luks.iter().enumerate() {
+        if !valid_mapper_name(&luks.name) {
+            f.error(
+                format!("luks[{i}].name"),
+                format!(
+                    "`{}` is not a valid device-mapper name (letters, digits, `_-.+`, at most 127)",
+                    luks.name
+                ),
+            );
+        } else if let Some(first) = mapper_names.insert(&luks.name, i) {
+            f.error(
+                format!("luks[{i}].name"),
+                format!("`{}` is already used by luks[{first}]", luks.name),
+            );
+        }
+        if luks.passphrase_tries == 0 || luks.passphrase_tries > 100 {
+            f.error(
+                format!("luks[{i}].passphrase_tries"),
+                "must be between 1 and 100",
+            );
+        }
+        if luks.device.mapper_name().is_some() {
+            f.error(
+                format!("luks[{i}].device"),
+                "a LUKS volume inside another device-mapper device is not supported yet",
+            );
+        }
+    }
+
+    // Mount points: exactly one `/`, no duplicates, every mount below `/`.
+    let all_mounts = mounts(config);
+    let mut seen: BTreeMap<&AbsPath, String> = BTreeMap::new();
+    let has_root = all_mounts.iter().any(|m| m.subvolume.mount_point.is_root());
+    for (i, fs) in config.btrfs.iter().enumerate() {
+        check_mount_options(&mut f, &format!("btrfs[{i}]"), &fs.options);
+        if fs.subvolumes.is_empty() {
+            f.error(
+                format!("btrfs[{i}].subvolumes"),
+                "lists no subvolume to mount",
+            );
+        }
+    }
+    for m in &all_mounts {
+        let field = m.field();
+        check_subvolume_path(&mut f, format!("{field}.subvolume"), &m.subvolume.subvolume);
+        check_mount_options(&mut f, &field, &m.subvolume.options);
+        let mp = &m.subvolume.mount_point;
+        if let Some(first) = seen.insert(mp, field.clone()) {
+            f.error(
+                format!("{field}.mount_point"),
+                format!("{mp} is already the mount point of {first}"),
+            );
+        }
+        if !mp.is_root() && !has_root {
+            f.error(
+                format!("{field}.mount_point"),
+                format!("{mp} has no mounted parent: no subvolume is mounted at `/`"),
+            );
+        }
+    }
+    if config.btrfs.is_empty() {
+        f.error(
+            "btrfs",
+            "no filesystem configured: ember needs a subvolume to mount at `/`",
+        );
+    }
+
+    check_persist(config, &mut f);
+    f
+}
+
+fn check_persist(config: &Config, f: &mut Findings) {
+    let mut roots: BTreeMap<&AbsPath, usize> = BTreeMap::new();
+    for (i, root) in config.persist.iter().enumerate() {
+        let field = format!("persist[{i}].root");
+        if let Some(first) = roots.insert(&root.root, i) {
+            f.error(
+                &field,
+                format!("{} is already persist[{first}].root", root.root),
+            );
+        }
+        match owning_mount(config, &root.root) {
+            Some(m) if !m.subvolume.mount_point.is_root() => {}
+            Some(_) => f.error(
+                &field,
+                format!(
+                    "{} is on the root subvolume; a persist root must be (or lie on) a subvolume of its own, or it is lost with the root",
+                    root.root
+                ),
+            ),
+            None => {} // no `/` at all: already reported on the mounts
+        }
+    }
+
+    let entries = persist_entries(config);
+    let mut seen: BTreeMap<&AbsPath, &str> = BTreeMap::new();
+    for e in &entries {
+        if e.path.is_root() {
+            f.error(&e.field, "cannot persist `/` itself");
+            continue;
+        }
+        if let Some(first) = seen.insert(&e.path, &e.field) {
+            f.error(
+                &e.field,
+                format!("{} is already persisted by {first}", e.path),
+            );
+        }
+        for root in &config.persist {
+            if root.root.contains(&e.path) || e.path.contains(&root.root) {
+                f.error(
+                    &e.field,
+                    format!("{} overlaps the persist root {}", e.path, root.root),
+                );
+            }
+        }
+        for m in mounts(config) {
+            let mp = &m.subvolume.mount_point;
+            if !mp.is_root() && e.path.contains(mp) && e.path != *mp {
+                f.error(
+                    &e.field,
+                    format!(
+                        "{} contains the mount point {mp} ({}); a bind mount over it would hide that subvolume",
+                        e.path,
+                        m.field()
+                    ),
+                );
+            }
+        }
+        if let PersistDisposition::OnPersistentSubvolume {
+            mount_point,
+            subvolume,
+        } = &e.disposition
+        {
+            f.warn(
+                &e.field,
+                format!(
+                    "{} already lives on subvolume `{subvolume}` (mounted at {mount_point}), which is never rolled back; keeping that mount and not binding {} over it",
+                    e.path,
+                    e.root.join(e.path.as_str())
+                ),
+            );
+        }
+    }
+    // A file cannot have anything below it.
+    for e in entries
+        .iter()
+        .filter(|e| e.kind == super::validate::EntryKind::File)
+    {
+        for other in &entries {
+            if other.path != e.path && e.path.contains(&other.path) {
+                f.error(
+                    &other.field,
+                    format!(
+                        "{} is below {}, which is persisted as a file ({})",
+                        other.path, e.path, e.field
+                    ),
+                );
+            }
+        }
+    }
+}
