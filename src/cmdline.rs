@@ -1,0 +1,132 @@
+//! The kernel command line, as far as ember cares: `init=` and `ember.*`.
+//! Parsing is pure so the precedence rules can be tested without a kernel.
+
+use crate::config::{AbsPath, FailurePolicy};
+
+/// Settings from the kernel command line. `None` means "not given": the
+/// config file's value stands.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KernelCmdline {
+    /// `init=`: the real init, overriding the config's `init`.
+    pub init: Option<AbsPath>,
+    /// `ember.timeout=SECONDS`: device wait timeout.
+    pub device_timeout_secs: Option<u32>,
+    /// `ember.on_failure=rescue|halt|reboot|poweroff`.
+    pub on_failure: Option<FailurePolicy>,
+    /// `ember.debug`: log at debug level.
+    pub debug: bool,
+    /// Things that looked like ember options but were not understood;
+    /// reported as warnings instead of being silently dropped.
+    pub ignored: Vec<String>,
+}
+
+/// Splits the command line the way the kernel does: on spaces, with double
+/// quotes grouping (`foo="a b"`), quotes removed.
+pub fn split(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut in_quotes = false;
+    let mut has_word = false;
+    for c in text.chars() {
+        match c {
+            '"' => {
+                in_quotes = !in_quotes;
+                has_word = true;
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if has_word {
+                    words.push(std::mem::take(&mut current));
+                    has_word = false;
+                }
+            }
+            c => {
+                current.push(c);
+                has_word = true;
+            }
+        }
+    }
+    if has_word {
+        words.push(current);
+    }
+    words
+}
+
+impl KernelCmdline {
+    pub fn parse(text: &str) -> KernelCmdline {
+        let mut out = KernelCmdline::default();
+        for word in split(text) {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word.as_str(), None),
+            };
+            match (key, value) {
+                ("init", Some(v)) => match AbsPath::parse(v) {
+                    Ok(p) => out.init = Some(p),
+                    Err(e) => out.ignored.push(format!("init={v}: {e}")),
+                },
+                ("ember.timeout", Some(v)) => match v.parse::<u32>() {
+                    Ok(n) if n > 0 => out.device_timeout_secs = Some(n),
+                    _ => out.ignored.push(format!(
+                        "ember.timeout={v}: not a positive number of seconds"
+                    )),
+                },
+                ("ember.on_failure", Some(v)) => match v {
+                    "rescue" => out.on_failure = Some(FailurePolicy::Rescue),
+                    "halt" => out.on_failure = Some(FailurePolicy::Halt),
+                    "reboot" => out.on_failure = Some(FailurePolicy::Reboot),
+                    "poweroff" => out.on_failure = Some(FailurePolicy::Poweroff),
+                    _ => out.ignored.push(format!(
+                        "ember.on_failure={v}: expected rescue, halt, reboot or poweroff"
+                    )),
+                },
+                ("ember.debug", None) => out.debug = true,
+                (k, _) if k.starts_with("ember.") => {
+                    out.ignored.push(format!("{word}: unknown ember option"))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_with_quotes() {
+        assert_eq!(
+            split("  a b=\"c d\"  e\n"),
+            vec!["a".to_string(), "b=c d".into(), "e".into()]
+        );
+        assert_eq!(split(""), Vec::<String>::new());
+        assert_eq!(split("x=\"\""), vec!["x=".to_string()]);
+    }
+
+    #[test]
+    fn reads_ember_options() {
+        let c = KernelCmdline::parse(
+            "BOOT_IMAGE=/vmlinuz root=x init=/nix/store/abc-nixos/init ember.timeout=5 ember.on_failure=halt ember.debug quiet",
+        );
+        assert_eq!(
+            c.init.as_ref().map(|p| p.as_str()),
+            Some("/nix/store/abc-nixos/init")
+        );
+        assert_eq!(c.device_timeout_secs, Some(5));
+        assert_eq!(c.on_failure, Some(FailurePolicy::Halt));
+        assert!(c.debug);
+        assert!(c.ignored.is_empty());
+    }
+
+    #[test]
+    fn reports_what_it_ignores() {
+        let c = KernelCmdline::parse(
+            "ember.timout=5 ember.timeout=0 init=relative ember.on_failure=explode",
+        );
+        assert_eq!(c.device_timeout_secs, None);
+        assert_eq!(c.init, None);
+        assert_eq!(c.ignored.len(), 4, "{:?}", c.ignored);
+        assert!(c.ignored[0].contains("unknown ember option"));
+    }
+}

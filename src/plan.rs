@@ -1,0 +1,475 @@
+//! The plan: a pure function from config + kernel command line + what was
+//! discovered to the ordered list of steps the executor performs. `ember
+//! check` and `--dry-run` print exactly what boot would execute.
+
+use std::fmt;
+
+use crate::cmdline::KernelCmdline;
+use crate::config::validate::{self, MountRef};
+use crate::config::{AbsPath, Config, DeviceSpec, EntryKind, FailurePolicy, PersistDisposition};
+
+/// Where the new root is assembled inside the initrd.
+pub const SYSROOT: &str = "/sysroot";
+
+/// A device the plan waits for, and the config field that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub spec: DeviceSpec,
+    pub field: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A keyfile inside the initrd; its whole content is the key.
+    Keyfile(AbsPath),
+    /// A passphrase typed at the console, with this many tries.
+    Passphrase { tries: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Mount /proc, /sys, /dev (devtmpfs) and /run in the initrd.
+    MountApiFilesystems,
+    /// Load the kernel modules the initrd builder resolved.
+    LoadModules { modules: Vec<String> },
+    /// Wait, event-driven, until every device is present.
+    WaitForDevices {
+        devices: Vec<Wanted>,
+        timeout_secs: u32,
+    },
+    /// Open a LUKS2 volume as /dev/mapper/<name>.
+    Unlock {
+        field: String,
+        device: DeviceSpec,
+        name: String,
+        key: KeySource,
+        allow_discards: bool,
+    },
+    /// Mount one Btrfs subvolume under /sysroot.
+    MountSubvolume {
+        field: String,
+        device: DeviceSpec,
+        subvolume: String,
+        mount_point: AbsPath,
+        options: Vec<String>,
+    },
+    /// Bind-mount a persisted file or directory from its persist root.
+    BindPersisted {
+        field: String,
+        source: AbsPath,
+        target: AbsPath,
+        root: AbsPath,
+        kind: EntryKind,
+    },
+    /// Move the API filesystems, make /sysroot the root, exec init.
+    SwitchRoot { init: AbsPath },
+}
+
+/// Facts found at run time that shape the plan.
+#[derive(Debug, Default, Clone)]
+pub struct Discovered {
+    /// Kernel modules to load, in dependency order, as the builder resolved them.
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// Decisions worth telling the user about (printed by `check`, logged at boot).
+    pub warnings: Vec<String>,
+    pub on_failure: FailurePolicy,
+}
+
+/// Mounts in the order they must happen: `/` first, then parents before children.
+fn mount_order(config: &Config) -> Vec<MountRef<'_>> {
+    let mut mounts = validate::mounts(config);
+    mounts.sort_by_key(|m| m.subvolume.mount_point.depth());
+    mounts
+}
+
+fn merged_options(fs_options: &[String], sub_options: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for o in fs_options.iter().chain(sub_options) {
+        if !out.contains(o) {
+            out.push(o.clone());
+        }
+    }
+    out
+}
+
+/// Builds the plan. Assumes a validated config (see `config::check_str`).
+pub fn plan(config: &Config, cmdline: &KernelCmdline, discovered: &Discovered) -> Plan {
+    let mut steps = vec![Step::MountApiFilesystems];
+    let mut warnings: Vec<String> = validate::validate(config)
+        .warnings
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    warnings.extend(
+        cmdline
+            .ignored
+            .iter()
+            .map(|i| format!("kernel command line: ignored {i}")),
+    );
+
+    if !discovered.modules.is_empty() {
+        steps.push(Step::LoadModules {
+            modules: discovered.modules.clone(),
+        });
+    }
+    let timeout_secs = cmdline
+        .device_timeout_secs
+        .unwrap_or(config.device_timeout_secs);
+
+    let luks_devices: Vec<Wanted> = config
+        .luks
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Wanted {
+            spec: l.device.clone(),
+            field: format!("luks[{i}].device"),
+        })
+        .collect();
+    if !luks_devices.is_empty() {
+        steps.push(Step::WaitForDevices {
+            devices: luks_devices,
+            timeout_secs,
+        });
+    }
+    for (i, l) in config.luks.iter().enumerate() {
+        steps.push(Step::Unlock {
+            field: format!("luks[{i}]"),
+            device: l.device.clone(),
+            name: l.name.clone(),
+            key: match &l.keyfile {
+                Some(path) => KeySource::Keyfile(path.clone()),
+                None => KeySource::Passphrase {
+                    tries: l.passphrase_tries,
+                },
+            },
+            allow_discards: l.allow_discards,
+        });
+    }
+
+    // Filesystem devices that no unlock step produces must be waited for too
+    // (a plain partition, or a label inside an unlocked volume).
+    let opened: Vec<&str> = config.luks.iter().map(|l| l.name.as_str()).collect();
+    let fs_devices: Vec<Wanted> = config
+        .btrfs
+        .iter()
+        .enumerate()
+        .filter(|(_, fs)| !fs.device.mapper_name().is_some_and(|n| opened.contains(&n)))
+        .map(|(i, fs)| Wanted {
+            spec: fs.device.clone(),
+            field: format!("btrfs[{i}].device"),
+        })
+        .collect();
+    if !fs_devices.is_empty() {
+        steps.push(Step::WaitForDevices {
+            devices: fs_devices,
+            timeout_secs,
+        });
+    }
+
+    for m in mount_order(config) {
+        let fs = &config.btrfs[m.field_fs];
+        steps.push(Step::MountSubvolume {
+            field: m.field(),
+            device: fs.device.clone(),
+            subvolume: m.subvolume.subvol_path().to_string(),
+            mount_point: m.subvolume.mount_point.clone(),
+            options: merged_options(&fs.options, &m.subvolume.options),
+        });
+    }
+
+    let mut binds: Vec<_> = validate::persist_entries(config)
+        .into_iter()
+        .filter(|e| e.disposition == PersistDisposition::Bind)
+        .collect();
+    binds.sort_by_key(|e| e.path.depth());
+    for e in binds {
+        steps.push(Step::BindPersisted {
+            source: e.root.join(e.path.as_str()),
+            target: e.path.clone(),
+            root: e.root.clone(),
+            kind: e.kind,
+            field: e.field,
+        });
+    }
+
+    steps.push(Step::SwitchRoot {
+        init: cmdline.init.clone().unwrap_or_else(|| config.init.clone()),
+    });
+    Plan {
+        steps,
+        warnings,
+        on_failure: cmdline.on_failure.unwrap_or(config.on_failure),
+    }
+}
+
+impl Step {
+    /// The phase this step's time is counted under in the boot summary.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Step::MountApiFilesystems => Phase::Setup,
+            Step::LoadModules { .. } => Phase::Modules,
+            Step::WaitForDevices { .. } => Phase::Devices,
+            Step::Unlock { .. } => Phase::Unlock,
+            Step::MountSubvolume { .. } => Phase::Mount,
+            Step::BindPersisted { .. } => Phase::Persist,
+            Step::SwitchRoot { .. } => Phase::SwitchRoot,
+        }
+    }
+}
+
+/// Phases the boot summary reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Setup,
+    Modules,
+    Devices,
+    Unlock,
+    Mount,
+    Persist,
+    SwitchRoot,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Setup,
+        Phase::Modules,
+        Phase::Devices,
+        Phase::Unlock,
+        Phase::Mount,
+        Phase::Persist,
+        Phase::SwitchRoot,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Setup => "setup",
+            Phase::Modules => "modules",
+            Phase::Devices => "devices",
+            Phase::Unlock => "unlock",
+            Phase::Mount => "mount",
+            Phase::Persist => "persist",
+            Phase::SwitchRoot => "switch-root",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::MountApiFilesystems => write!(f, "mount /proc, /sys, /dev, /run"),
+            Step::LoadModules { modules } => {
+                write!(
+                    f,
+                    "load {} kernel modules: {}",
+                    modules.len(),
+                    modules.join(" ")
+                )
+            }
+            Step::WaitForDevices {
+                devices,
+                timeout_secs,
+            } => {
+                let names: Vec<String> = devices
+                    .iter()
+                    .map(|d| format!("{} ({})", d.spec, d.field))
+                    .collect();
+                write!(f, "wait up to {timeout_secs}s for {}", names.join(", "))
+            }
+            Step::Unlock {
+                device,
+                name,
+                key,
+                allow_discards,
+                ..
+            } => {
+                write!(f, "unlock {device} as /dev/mapper/{name} with ")?;
+                match key {
+                    KeySource::Keyfile(p) => write!(f, "keyfile {p}")?,
+                    KeySource::Passphrase { tries } => {
+                        write!(f, "a passphrase from the console ({tries} tries)")?
+                    }
+                }
+                if *allow_discards {
+                    write!(f, ", allowing discards")?;
+                }
+                Ok(())
+            }
+            Step::MountSubvolume {
+                device,
+                subvolume,
+                mount_point,
+                options,
+                ..
+            } => {
+                write!(
+                    f,
+                    "mount subvolume {subvolume} of {device} at {}",
+                    mount_point.under(SYSROOT)
+                )?;
+                if !options.is_empty() {
+                    write!(f, " ({})", options.join(","))?;
+                }
+                Ok(())
+            }
+            Step::BindPersisted {
+                source,
+                target,
+                kind,
+                ..
+            } => write!(
+                f,
+                "bind {} {} -> {}",
+                kind.as_str(),
+                source.under(SYSROOT),
+                target.under(SYSROOT)
+            ),
+            Step::SwitchRoot { init } => write!(f, "switch root to {SYSROOT} and exec {init}"),
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, step) in self.steps.iter().enumerate() {
+            writeln!(f, "{:>3}. {step}", i + 1)?;
+        }
+        let policy = match self.on_failure {
+            FailurePolicy::Rescue => "rescue shell if present, else halt",
+            FailurePolicy::Halt => "halt",
+            FailurePolicy::Reboot => "reboot",
+            FailurePolicy::Poweroff => "power off",
+        };
+        writeln!(f, "on failure: {policy}")?;
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Syntax, check_str};
+
+    const REFERENCE: &str = include_str!("../examples/reference.toml");
+
+    fn reference() -> Config {
+        check_str(REFERENCE, Syntax::Toml, "r")
+            .expect("valid")
+            .config
+    }
+
+    fn discovered() -> Discovered {
+        Discovered {
+            modules: vec!["virtio_blk".into(), "dm_crypt".into(), "btrfs".into()],
+        }
+    }
+
+    #[test]
+    fn reference_plan_in_order() {
+        let p = plan(&reference(), &KernelCmdline::default(), &discovered());
+        let text: Vec<String> = p.steps.iter().map(|s| s.to_string()).collect();
+        let expected = [
+            "mount /proc, /sys, /dev, /run",
+            "load 3 kernel modules: virtio_blk dm_crypt btrfs",
+            "wait up to 30s for LABEL=luks (luks[0].device)",
+            "unlock LABEL=luks as /dev/mapper/cryptroot with keyfile /etc/ember/keys/cryptroot.key, allowing discards",
+            "mount subvolume root of /dev/mapper/cryptroot at /sysroot (compress=zstd,noatime)",
+            "mount subvolume home of /dev/mapper/cryptroot at /sysroot/home (compress=zstd,noatime)",
+            "mount subvolume nix of /dev/mapper/cryptroot at /sysroot/nix (compress=zstd,noatime)",
+            "mount subvolume persist of /dev/mapper/cryptroot at /sysroot/persist (compress=zstd,noatime)",
+            "mount subvolume log of /dev/mapper/cryptroot at /sysroot/var/log (compress=zstd,noatime)",
+            "bind file /sysroot/persist/etc/machine-id -> /sysroot/etc/machine-id",
+            "bind directory /sysroot/persist/var/lib/systemd -> /sysroot/var/lib/systemd",
+            "switch root to /sysroot and exec /nix/store/11111111111111111111111111111111-ember-checker/bin/init",
+        ];
+        assert_eq!(text, expected);
+        assert_eq!(p.warnings.len(), 1);
+        assert!(p.warnings[0].contains("/var/log already lives on subvolume `log`"));
+    }
+
+    #[test]
+    fn var_log_is_never_bound_over_its_subvolume() {
+        let p = plan(&reference(), &KernelCmdline::default(), &discovered());
+        assert!(!p.steps.iter().any(
+            |s| matches!(s, Step::BindPersisted { target, .. } if target.as_str() == "/var/log")
+        ));
+    }
+
+    #[test]
+    fn cmdline_overrides_config() {
+        let cmd = KernelCmdline::parse(
+            "init=/nix/store/x-nixos/init ember.timeout=7 ember.on_failure=poweroff ember.nope",
+        );
+        let p = plan(&reference(), &cmd, &Discovered::default());
+        assert!(
+            matches!(p.steps.last(), Some(Step::SwitchRoot { init }) if init.as_str() == "/nix/store/x-nixos/init")
+        );
+        assert!(p.steps.iter().any(|s| matches!(
+            s,
+            Step::WaitForDevices {
+                timeout_secs: 7,
+                ..
+            }
+        )));
+        assert_eq!(p.on_failure, FailurePolicy::Poweroff);
+        assert!(p.warnings.iter().any(|w| w.contains("ember.nope")));
+        assert!(
+            !p.steps
+                .iter()
+                .any(|s| matches!(s, Step::LoadModules { .. }))
+        );
+    }
+
+    #[test]
+    fn passphrase_and_plain_filesystem_device() {
+        let text = REFERENCE
+            .replace(
+                "keyfile = \"/etc/ember/keys/cryptroot.key\"\n",
+                "passphrase_tries = 5\n",
+            )
+            .replace(
+                "device = \"/dev/mapper/cryptroot\"",
+                "device = \"LABEL=nixos\"",
+            );
+        let config = check_str(&text, Syntax::Toml, "t").expect("valid").config;
+        let p = plan(&config, &KernelCmdline::default(), &Discovered::default());
+        assert!(p.steps.iter().any(|s| matches!(
+            s,
+            Step::Unlock {
+                key: KeySource::Passphrase { tries: 5 },
+                ..
+            }
+        )));
+        // The label inside the unlocked volume is waited for after the unlock.
+        let unlock = p
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Unlock { .. }));
+        let wait_fs = p
+            .steps
+            .iter()
+            .rposition(|s| matches!(s, Step::WaitForDevices { .. }));
+        assert!(unlock < wait_fs);
+    }
+
+    #[test]
+    fn mounts_parents_first_whatever_the_config_order() {
+        let mut config = reference();
+        let root = config.btrfs[0].subvolumes.remove(0);
+        config.btrfs[0].subvolumes.push(root);
+        let p = plan(&config, &KernelCmdline::default(), &Discovered::default());
+        let first_mount = p
+            .steps
+            .iter()
+            .find(|s| matches!(s, Step::MountSubvolume { .. }));
+        assert!(
+            matches!(first_mount, Some(Step::MountSubvolume { mount_point, .. }) if mount_point.is_root())
+        );
+    }
+}
