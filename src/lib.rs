@@ -1,7 +1,14 @@
 //! ember: the stage-1 storage agent. Pure logic (config, kernel command line,
-//! planning) lives in modules that never touch the system; everything that
-//! does lives behind `sys`, compiled only with the `agent` feature.
+//! module manifest, planning) lives in modules that never touch the system;
+//! everything that does lives behind `sys`, compiled only with the `agent`
+//! feature, and `boot` drives a plan through it.
 
 pub mod cmdline;
 pub mod config;
+pub mod modules;
 pub mod plan;
+
+#[cfg(feature = "agent")]
+pub mod boot;
+#[cfg(feature = "agent")]
+pub mod sys;

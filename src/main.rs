@@ -1,1 +1,7 @@
-fn main() {}
+//! The `ember` command: `/init` in the initrd, and a tool in the rescue shell.
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::main());
+}

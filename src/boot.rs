@@ -1,0 +1,491 @@
+//! The boot executor: reads the resolved config, makes the plan, and runs it
+//! step by step through `sys`, timing each phase. On failure it reports what
+//! failed and where, then applies the failure policy; it never returns from
+//! PID 1 (that would panic the kernel).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cmdline::KernelCmdline;
+use crate::config::{self, ConfigError, FailurePolicy};
+use crate::modules::{MANIFEST_PATH, ModuleManifest};
+use crate::plan::{self, Discovered, KeySource, Phase, Plan, SYSROOT, Step};
+use crate::sys::blockdev::{Devices, Missing};
+use crate::sys::kmod::{self, KmodError};
+use crate::sys::luks::{self, LuksError};
+use crate::sys::mount::{self, MountError, Mounted};
+use crate::sys::persist::{self, BindOutcome};
+use crate::sys::secret::Secret;
+use crate::sys::switch_root::{self, SwitchRootError};
+use crate::sys::{apifs, console, power};
+
+/// Where the initrd builder puts the resolved config.
+pub const CONFIG_PATHS: [&str; 2] = ["/etc/ember/config.json", "/etc/ember/config.toml"];
+
+/// Largest keyfile accepted (cryptsetup's default limit).
+const MAX_KEYFILE: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot mount the API filesystem {target}: {source}")]
+    ApiMount {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("no config found in the initrd (looked for {})", CONFIG_PATHS.join(", "))]
+    NoConfig,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot read the module manifest {MANIFEST_PATH}: {reason}")]
+    Manifest { reason: String },
+    #[error(transparent)]
+    Modules(#[from] KmodError),
+    #[error("{0}")]
+    DeviceTimeout(Missing),
+    #[error("{field}: device {device} vanished before it could be used")]
+    DeviceGone { field: String, device: String },
+    #[error("{field}: {source}")]
+    Unlock { field: String, source: LuksError },
+    #[error("{field}: cannot read keyfile {path}: {reason}")]
+    Keyfile {
+        field: String,
+        path: String,
+        reason: String,
+    },
+    #[error("{field}: {device} was not unlocked: {tries} wrong passphrase(s)")]
+    PassphraseExhausted {
+        field: String,
+        device: String,
+        tries: u32,
+    },
+    #[error("{field}: cannot ask for the passphrase of {name}: {reason}")]
+    NoTerminal {
+        field: String,
+        name: String,
+        reason: String,
+    },
+    #[error("{field}: cannot mount subvolume `{subvolume}` of {device} at {target}: {source}")]
+    Mount {
+        field: String,
+        subvolume: String,
+        device: String,
+        target: String,
+        source: MountError,
+    },
+    #[error(transparent)]
+    SwitchRoot(#[from] SwitchRootError),
+}
+
+/// Time spent per phase, for the one-line summary.
+#[derive(Default)]
+struct Timings {
+    phases: BTreeMap<Phase, Duration>,
+}
+
+impl Timings {
+    fn add(&mut self, phase: Phase, d: Duration) {
+        *self.phases.entry(phase).or_default() += d;
+    }
+
+    fn summary(&self, total: Duration, kernel_at_start: Duration, refused: usize) -> String {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let mut parts: Vec<String> = [
+            Phase::Modules,
+            Phase::Devices,
+            Phase::Unlock,
+            Phase::Mount,
+            Phase::Persist,
+        ]
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p.name(),
+                ms(self.phases.get(p).copied().unwrap_or_default())
+            )
+        })
+        .collect();
+        parts.push(format!("total {}", ms(total)));
+        let mut line = format!(
+            "boot summary: {} (started {} after kernel start)",
+            parts.join(", "),
+            ms(kernel_at_start)
+        );
+        if refused > 0 {
+            line.push_str(&format!("; {refused} persisted path(s) refused, see above"));
+        }
+        line
+    }
+}
+
+/// Time since the kernel started (CLOCK_BOOTTIME), for the summary.
+fn since_kernel_start() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn running_kernel() -> String {
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Finds the config the builder installed.
+pub fn find_config() -> Option<PathBuf> {
+    CONFIG_PATHS.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+fn read_manifest(path: &Path) -> Result<Option<ModuleManifest>, BootError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| BootError::Manifest {
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(BootError::Manifest {
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// State carried across steps of one attempt.
+struct Executor {
+    devices: Option<Devices>,
+    timings: Timings,
+    refused: usize,
+    started: Instant,
+    kernel_at_start: Duration,
+    init_args: Vec<String>,
+    manifest: Option<ModuleManifest>,
+}
+
+impl Executor {
+    fn devices(&mut self) -> &mut Devices {
+        self.devices.get_or_insert_with(|| Devices::start(true))
+    }
+
+    fn run(&mut self, plan: &Plan) -> Result<(), BootError> {
+        for step in &plan.steps {
+            let t = Instant::now();
+            self.step(step)?;
+            self.timings.add(step.phase(), t.elapsed());
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, step: &Step) -> Result<(), BootError> {
+        match step {
+            Step::MountApiFilesystems => apifs::mount_all()
+                .map_err(|(target, source)| BootError::ApiMount { target, source }),
+            Step::LoadModules { modules } => {
+                let Some(manifest) = &self.manifest else {
+                    return Ok(());
+                };
+                let t = Instant::now();
+                let n = kmod::load_all(manifest, &running_kernel(), 4)?;
+                log::info!("loaded {n} kernel modules in {}ms", t.elapsed().as_millis());
+                debug_assert_eq!(n, modules.len());
+                Ok(())
+            }
+            Step::WaitForDevices {
+                devices,
+                timeout_secs,
+            } => {
+                let t = Instant::now();
+                let found = self
+                    .devices()
+                    .wait_for(devices, Duration::from_secs(u64::from(*timeout_secs)))
+                    .map_err(BootError::DeviceTimeout)?;
+                for (w, path) in devices.iter().zip(&found) {
+                    log::info!(
+                        "found {} at {path} after {}ms",
+                        w.spec,
+                        t.elapsed().as_millis()
+                    );
+                }
+                Ok(())
+            }
+            Step::Unlock {
+                field,
+                device,
+                name,
+                key,
+                allow_discards,
+            } => self.unlock(field, device, name, key, *allow_discards),
+            Step::MountSubvolume {
+                field,
+                device,
+                subvolume,
+                mount_point,
+                options,
+            } => {
+                let path = self
+                    .devices()
+                    .resolve(device)
+                    .ok_or_else(|| BootError::DeviceGone {
+                        field: field.clone(),
+                        device: device.to_string(),
+                    })?;
+                let target = mount_point.under(SYSROOT);
+                match mount::mount_subvolume(&path, SYSROOT, mount_point, subvolume, options) {
+                    Ok(Mounted::Now) => {
+                        log::info!(
+                            "mounted subvolume {subvolume} of {path} at {target} ({})",
+                            options.join(",")
+                        );
+                        Ok(())
+                    }
+                    Ok(Mounted::Already) => {
+                        log::info!("{target} is already mounted; leaving it");
+                        Ok(())
+                    }
+                    Err(source) => Err(BootError::Mount {
+                        field: field.clone(),
+                        subvolume: subvolume.clone(),
+                        device: path,
+                        target,
+                        source,
+                    }),
+                }
+            }
+            Step::BindPersisted {
+                field,
+                source,
+                target,
+                root,
+                kind,
+            } => {
+                match persist::bind(SYSROOT, root, target, *kind) {
+                    Ok(BindOutcome::Bound) => {
+                        log::info!("persisted {} {target} from {source}", kind.as_str())
+                    }
+                    Ok(BindOutcome::AlreadyBound) => {
+                        log::info!("{target} is already bound from {source}")
+                    }
+                    // One refused entry must not stop the boot: skip it, loudly.
+                    Err(e) => {
+                        self.refused += 1;
+                        log::error!("{field}: not persisting {target}: {e}");
+                    }
+                }
+                Ok(())
+            }
+            Step::SwitchRoot { init } => {
+                switch_root::check_init(SYSROOT, init)?;
+                self.timings.add(Phase::SwitchRoot, Duration::ZERO);
+                log::info!(
+                    "{}",
+                    self.timings.summary(
+                        self.started.elapsed(),
+                        self.kernel_at_start,
+                        self.refused
+                    )
+                );
+                log::info!("switching root to {SYSROOT}, exec {init}");
+                let err = match switch_root::switch_root(SYSROOT, init, &self.init_args) {
+                    Ok(never) => match never {},
+                    Err(e) => e,
+                };
+                Err(err.into())
+            }
+        }
+    }
+
+    fn unlock(
+        &mut self,
+        field: &str,
+        device: &config::DeviceSpec,
+        name: &str,
+        key: &KeySource,
+        allow_discards: bool,
+    ) -> Result<(), BootError> {
+        if luks::is_active(name) {
+            log::info!("/dev/mapper/{name} is already open; leaving it");
+            self.devices().scan();
+            return Ok(());
+        }
+        let path = self
+            .devices()
+            .resolve(device)
+            .ok_or_else(|| BootError::DeviceGone {
+                field: field.to_string(),
+                device: device.to_string(),
+            })?;
+        let t = Instant::now();
+        match key {
+            KeySource::Keyfile(keyfile) => {
+                let secret =
+                    read_keyfile(keyfile.as_str()).map_err(|reason| BootError::Keyfile {
+                        field: field.to_string(),
+                        path: keyfile.to_string(),
+                        reason,
+                    })?;
+                luks::open(&path, name, secret.expose(), allow_discards).map_err(|source| {
+                    BootError::Unlock {
+                        field: field.to_string(),
+                        source,
+                    }
+                })?;
+            }
+            KeySource::Passphrase { tries } => {
+                let no_tty = |reason: String| BootError::NoTerminal {
+                    field: field.to_string(),
+                    name: name.to_string(),
+                    reason,
+                };
+                let mut tty = console::open_terminal().map_err(|e| no_tty(e.to_string()))?;
+                let mut opened = false;
+                for attempt in 1..=*tries {
+                    let prompt = format!("Passphrase for {name} ({device} on {path}): ");
+                    let secret = match console::read_passphrase(&mut tty, &prompt) {
+                        Ok(Some(s)) => s,
+                        Ok(None) => return Err(no_tty("the console closed (end of input)".into())),
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                            log::warn!("{name}: {e} (attempt {attempt} of {tries})");
+                            continue;
+                        }
+                        Err(e) => return Err(no_tty(e.to_string())),
+                    };
+                    match luks::open(&path, name, secret.expose(), allow_discards) {
+                        Ok(()) => {
+                            opened = true;
+                            break;
+                        }
+                        Err(LuksError::WrongKey { .. }) => {
+                            log::warn!(
+                                "wrong passphrase for {name} (attempt {attempt} of {tries})"
+                            );
+                        }
+                        Err(source) => {
+                            return Err(BootError::Unlock {
+                                field: field.to_string(),
+                                source,
+                            });
+                        }
+                    }
+                }
+                if !opened {
+                    return Err(BootError::PassphraseExhausted {
+                        field: field.to_string(),
+                        device: device.to_string(),
+                        tries: *tries,
+                    });
+                }
+            }
+        }
+        log::info!(
+            "unlocked {device} ({path}) as /dev/mapper/{name} in {}ms",
+            t.elapsed().as_millis()
+        );
+        // The new mapper device carries the filesystem: probe it now.
+        self.devices().scan();
+        Ok(())
+    }
+}
+
+fn read_keyfile(path: &str) -> Result<Secret, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    if size == 0 {
+        return Err("the keyfile is empty".into());
+    }
+    if size > MAX_KEYFILE {
+        return Err(format!("the keyfile is larger than {MAX_KEYFILE} bytes"));
+    }
+    let mut secret = Secret::with_capacity(size as usize);
+    secret.fill_from(&mut file).map_err(|e| e.to_string())?;
+    Ok(secret)
+}
+
+/// Loads config and manifest and makes the plan; mounts the API
+/// filesystems first because the kernel command line lives in /proc.
+fn prepare(exec: &mut Executor) -> Result<Plan, (BootError, FailurePolicy)> {
+    let early_policy = FailurePolicy::Rescue;
+    apifs::mount_all()
+        .map_err(|(target, source)| (BootError::ApiMount { target, source }, early_policy))?;
+    let cmdline =
+        KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    if cmdline.debug {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+    let policy = cmdline.on_failure.unwrap_or(early_policy);
+    let path = find_config().ok_or((BootError::NoConfig, policy))?;
+    let checked = config::load(&path).map_err(|e| (e.into(), policy))?;
+    let policy = cmdline.on_failure.unwrap_or(checked.config.on_failure);
+    exec.manifest = read_manifest(Path::new(MANIFEST_PATH)).map_err(|e| (e, policy))?;
+    let discovered = Discovered {
+        modules: exec
+            .manifest
+            .as_ref()
+            .map(|m| m.modules.iter().map(|m| m.name.clone()).collect())
+            .unwrap_or_default(),
+    };
+    let plan = plan::plan(&checked.config, &cmdline, &discovered);
+    for w in &plan.warnings {
+        log::warn!("{w}");
+    }
+    log::debug!("plan:\n{plan}");
+    Ok(plan)
+}
+
+/// The initrd's /init. Never returns.
+pub fn run_as_init(init_args: Vec<String>) -> ! {
+    crate::sys::kmsg::KmsgLogger::install(log::LevelFilter::Info, true);
+    luks::route_library_log();
+    let mut exec = Executor {
+        devices: None,
+        timings: Timings::default(),
+        refused: 0,
+        started: Instant::now(),
+        kernel_at_start: since_kernel_start(),
+        init_args,
+        manifest: None,
+    };
+    log::info!("ember {} starting", env!("CARGO_PKG_VERSION"));
+    loop {
+        let (error, policy) = match prepare(&mut exec) {
+            Ok(plan) => match exec.run(&plan) {
+                Ok(()) => (
+                    BootError::SwitchRoot(SwitchRootError::Syscall {
+                        step: "plan ended without switching root",
+                        source: std::io::Error::other("no switch-root step"),
+                    }),
+                    plan.on_failure,
+                ),
+                Err(e) => (e, plan.on_failure),
+            },
+            Err(pair) => pair,
+        };
+        log::error!("boot failed: {error}");
+        match policy {
+            FailurePolicy::Rescue if power::has_rescue_shell() => {
+                if power::run_rescue_shell() {
+                    log::info!("retrying the boot");
+                    exec.timings = Timings::default();
+                    continue;
+                }
+                power::halt_forever()
+            }
+            FailurePolicy::Rescue | FailurePolicy::Halt => {
+                if policy == FailurePolicy::Rescue {
+                    log::error!("no rescue shell in this initrd ({})", power::RESCUE_SHELL);
+                }
+                power::halt_forever()
+            }
+            FailurePolicy::Reboot => {
+                log::error!("rebooting in 10 seconds");
+                std::thread::sleep(Duration::from_secs(10));
+                power::reboot_now()
+            }
+            FailurePolicy::Poweroff => power::poweroff_now(),
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The API filesystems an init must provide before anything else works.
+
+use std::io;
+
+use rustix::mount::{MountFlags, mount};
+
+pub struct ApiMount {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MountFlags,
+    pub data: Option<&'static std::ffi::CStr>,
+}
+
+pub const API_MOUNTS: [ApiMount; 4] = [
+    ApiMount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: MountFlags::NOSUID
+            .union(MountFlags::NODEV)
+            .union(MountFlags::NOEXEC),
+        data: None,
+    },
+    ApiMount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: MountFlags::NOSUID
+            .union(MountFlags::NODEV)
+            .union(MountFlags::NOEXEC),
+        data: None,
+    },
+    ApiMount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: MountFlags::NOSUID,
+        data: Some(c"mode=0755"),
+    },
+    ApiMount {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: MountFlags::NOSUID.union(MountFlags::NODEV),
+        data: Some(c"mode=0755"),
+    },
+];
+
+/// Mounts each API filesystem unless something is already mounted there
+/// (the kernel may have mounted devtmpfs itself with CONFIG_DEVTMPFS_MOUNT).
+pub fn mount_all() -> Result<(), (String, io::Error)> {
+    for m in &API_MOUNTS {
+        std::fs::create_dir_all(m.target).map_err(|e| (m.target.to_string(), e))?;
+        if is_mount_point(m.target) {
+            continue;
+        }
+        mount(m.source, m.target, m.fstype, m.flags, m.data)
+            .map_err(|e| (m.target.to_string(), e.into()))?;
+    }
+    Ok(())
+}
+
+/// A directory is a mount point when it sits on another device than its
+/// parent (enough for the initrd, where no bind mounts of the same device exist yet).
+pub fn is_mount_point(path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = std::path::Path::new(path)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"));
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}

@@ -1,0 +1,17 @@
+//! The thin layer that owns every system call ember makes. Nothing outside
+//! `sys` touches the system; nothing inside decides what to do.
+
+pub mod apifs;
+pub mod beneath;
+pub mod blockdev;
+pub mod console;
+pub mod gpt;
+pub mod kmod;
+pub mod kmsg;
+pub mod luks;
+pub mod mount;
+pub mod persist;
+pub mod power;
+pub mod secret;
+pub mod switch_root;
+pub mod uevent;
