@@ -139,6 +139,8 @@ impl Config {
     /// Kernel modules this config needs at boot, before hardware-specific ones:
     /// dm-crypt and the default LUKS2 cipher (aes-xts-plain64) for LUKS,
     /// AF_ALG for libcryptsetup's keyslot decryption, btrfs for Btrfs.
+    /// Named, not aliased: the `crypto-aes` alias also matches drivers for
+    /// other hardware (padlock-aes) that can only fail to load.
     pub fn implied_kernel_modules(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         if !self.luks.is_empty() {
