@@ -1,0 +1,118 @@
+//! ember-specific helpers for the VM scenarios: the static binary, the
+//! initrd builder, scenario configs derived from the reference one, and a
+//! boot with ember as /init on an overlay of the reference disk.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Assets, Vm, VmSpec, repo_dir, work_dir};
+
+/// `target/static/ember`, built by `scripts/build-static` (the README's test
+/// command builds it first; building it from inside `cargo test` would
+/// contend for cargo's lock).
+pub fn static_ember() -> PathBuf {
+    let p = repo_dir().join("target/static/ember");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/build-static (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// `target/release/ember-initrd`.
+pub fn initrd_builder() -> PathBuf {
+    let p = repo_dir().join("target/release/ember-initrd");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --release -p ember-initrd` (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// The reference config (examples/reference.toml) with the checker in the
+/// /nix subvolume as the real init.
+pub fn reference_config(a: &Assets) -> String {
+    let text = std::fs::read_to_string(repo_dir().join("examples/reference.toml"))
+        .expect("read examples/reference.toml");
+    text.lines()
+        .map(|l| {
+            if l.starts_with("init = ") {
+                format!("init = \"{}\"", a.checker_init())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// The reference config, unlocking with a typed passphrase instead of the keyfile.
+pub fn passphrase_config(a: &Assets) -> String {
+    reference_config(a).replace("keyfile = \"/etc/ember/keys/cryptroot.key\"\n", "")
+}
+
+pub struct Built {
+    pub initrd: PathBuf,
+    /// What ember-initrd printed (warnings go to stderr).
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Builds `<target>/vm-tests/<name>.initrd.gz` from a config text; includes
+/// the reference keyfile when the config names it. Panics if the build fails.
+pub fn build_initrd(a: &Assets, name: &str, config: &str) -> Built {
+    let dir = work_dir();
+    let config_path = dir.join(format!("{name}.toml"));
+    std::fs::write(&config_path, config).expect("write scenario config");
+    let out = dir.join(format!("{name}.initrd.gz"));
+    let mut cmd = Command::new(initrd_builder());
+    cmd.arg("--config")
+        .arg(&config_path)
+        .arg("--ember")
+        .arg(static_ember())
+        .arg("--kernel-modules")
+        .arg(&a.modules_dir)
+        .arg("--output")
+        .arg(&out);
+    if config.contains("/etc/ember/keys/cryptroot.key") {
+        cmd.arg("--keyfile").arg(format!(
+            "{}:/etc/ember/keys/cryptroot.key",
+            a.keyfile.display()
+        ));
+    }
+    let o = cmd.output().expect("run ember-initrd");
+    let built = Built {
+        initrd: out,
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    };
+    assert!(
+        o.status.success(),
+        "ember-initrd failed for {name}:\n{}{}",
+        built.stdout,
+        built.stderr
+    );
+    built
+}
+
+/// Boots `initrd` with ember as /init on `disk`.
+pub fn boot(a: &Assets, name: &str, initrd: &Path, disk: &Path, append: &str) -> Vm {
+    Vm::boot(VmSpec {
+        kernel: a.kernel.clone(),
+        initrd: initrd.to_path_buf(),
+        disks: vec![disk.to_path_buf()],
+        // loglevel=4: the kernel's own chatter stays off the console; ember
+        // prints its info lines itself and everything goes to /dev/kmsg.
+        append: format!("loglevel=4 {append}"),
+        memory_mb: 1024,
+        ..VmSpec::new(name)
+    })
+}
+
+/// Generous limit for one boot under TCG (about 7 s on an idle machine; CI
+/// runs two at once).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
