@@ -71,7 +71,7 @@ pub enum BootError {
         subvolume: String,
         device: String,
         target: String,
-        source: MountError,
+        source: Box<MountError>,
     },
     #[error(transparent)]
     SwitchRoot(#[from] SwitchRootError),
@@ -252,7 +252,7 @@ impl Executor {
                         subvolume: subvolume.clone(),
                         device: path,
                         target,
-                        source,
+                        source: Box::new(source),
                     }),
                 }
             }

@@ -82,7 +82,7 @@ fn root_is_initramfs() -> bool {
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     rustix::fs::statfs("/").is_ok_and(|s| {
-        let t = s.f_type as i64;
+        let t = s.f_type;
         t == RAMFS_MAGIC || t == TMPFS_MAGIC
     })
 }

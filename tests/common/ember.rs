@@ -62,11 +62,13 @@ pub struct Built {
     pub stderr: String,
 }
 
-/// Builds `<target>/vm-tests/<name>.initrd.gz` from a config text; includes
-/// the reference keyfile when the config names it. Panics if the build fails.
+/// Builds `<target>/vm-tests/<name>.initrd.gz` from a config text (JSON if
+/// it starts with `{`, else TOML); includes the reference keyfile when the
+/// config names it. Panics if the build fails.
 pub fn build_initrd(a: &Assets, name: &str, config: &str) -> Built {
     let dir = work_dir();
-    let config_path = dir.join(format!("{name}.toml"));
+    let ext = if config.trim_start().starts_with('{') { "json" } else { "toml" };
+    let config_path = dir.join(format!("{name}.{ext}"));
     std::fs::write(&config_path, config).expect("write scenario config");
     let out = dir.join(format!("{name}.initrd.gz"));
     let mut cmd = Command::new(initrd_builder());
