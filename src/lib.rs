@@ -7,6 +7,7 @@ pub mod cmdline;
 pub mod config;
 pub mod modules;
 pub mod plan;
+pub mod rollback;
 
 #[cfg(feature = "agent")]
 pub mod boot;

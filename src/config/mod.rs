@@ -66,6 +66,35 @@ impl Syntax {
 pub struct Checked {
     pub config: Config,
     pub warnings: Vec<FieldIssue>,
+    /// Only from [`load_for_boot`]: rollback safety problems. The rollback
+    /// guards refuse to run; the rest of the config is used.
+    pub rollback_refusals: Vec<FieldIssue>,
+}
+
+/// Like [`load`], for the boot path: a config whose only problems concern
+/// the rollback is still used, with the rollback refused by its guards
+/// (an unwiped root beats an unbootable machine). The builder and `ember
+/// check` never let such a config through; this covers initrds made by
+/// other means.
+pub fn load_for_boot(path: &Path) -> Result<Checked, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let origin = path.display().to_string();
+    let config = parse(&text, Syntax::for_path(path), &origin)?;
+    let findings = validate::validate(&config);
+    if !findings.errors.is_empty() {
+        return Err(ConfigError::Invalid {
+            origin,
+            issues: findings.errors,
+        });
+    }
+    Ok(Checked {
+        config,
+        warnings: findings.warnings,
+        rollback_refusals: findings.rollback_errors,
+    })
 }
 
 impl fmt::Display for Syntax {
@@ -114,15 +143,18 @@ pub fn parse(text: &str, syntax: Syntax, origin: &str) -> Result<Config, ConfigE
 pub fn check_str(text: &str, syntax: Syntax, origin: &str) -> Result<Checked, ConfigError> {
     let config = parse(text, syntax, origin)?;
     let findings = validate::validate(&config);
-    if !findings.errors.is_empty() {
+    let mut errors = findings.errors;
+    errors.extend(findings.rollback_errors);
+    if !errors.is_empty() {
         return Err(ConfigError::Invalid {
             origin: origin.to_string(),
-            issues: findings.errors,
+            issues: errors,
         });
     }
     Ok(Checked {
         config,
         warnings: findings.warnings,
+        rollback_refusals: Vec::new(),
     })
 }
 

@@ -88,6 +88,67 @@ pub struct BtrfsFilesystem {
     #[serde(default)]
     pub options: Vec<String>,
     pub subvolumes: Vec<Subvolume>,
+    /// Roll a subvolume (the root) back to a blank state at every boot.
+    #[serde(default)]
+    pub rollback: Option<Rollback>,
+}
+
+fn default_archive_dir() -> String {
+    "old_roots".to_string()
+}
+
+/// "Erase your darlings": what to replace at every boot, with what, and how
+/// careful to be. See docs/design/rollback.md for the state machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// The subvolume to replace (one of this filesystem's `subvolumes`, usually `/`'s).
+    pub subvolume: String,
+    pub strategy: RollbackStrategy,
+    /// A read-only snapshot (path from the top level) the new root starts
+    /// from. Required by `blank`; `archive` uses it when set, else starts empty.
+    #[serde(default)]
+    pub blank_snapshot: Option<String>,
+    /// The filesystem must be this one (`UUID=` or `LABEL=` of the Btrfs
+    /// filesystem) or nothing is touched. Optional only when `device`
+    /// already names the filesystem by `UUID=`/`LABEL=`.
+    #[serde(default)]
+    pub filesystem: Option<DeviceSpec>,
+    /// `archive`: where old roots go, as a path from the top level.
+    #[serde(default = "default_archive_dir")]
+    pub archive_dir: String,
+    /// `archive`: delete archived roots older than this many days (measured
+    /// against the root being archived, not the initrd's clock).
+    #[serde(default)]
+    pub keep_days: Option<u32>,
+    /// `archive`: keep at most this many archived roots.
+    #[serde(default)]
+    pub keep_count: Option<u32>,
+    /// What to do when a safety check fails: boot on the unwiped root
+    /// (`continue`, the default: an unwiped root beats an unbootable
+    /// machine) or apply the failure policy (`stop`).
+    #[serde(default)]
+    pub on_guard_failure: GuardPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RollbackStrategy {
+    /// Replace with a writable snapshot of `blank_snapshot`.
+    Blank,
+    /// Replace with a new, empty subvolume.
+    Empty,
+    /// Move the old root to `archive_dir/<its last change time>`, then
+    /// replace it (from `blank_snapshot` if set, else empty) and prune.
+    Archive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuardPolicy {
+    #[default]
+    Continue,
+    Stop,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

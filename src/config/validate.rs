@@ -15,6 +15,12 @@ pub struct FieldIssue {
     pub message: String,
 }
 
+/// Subvolume paths compare by component: `root` contains `root/var` but not `rootfs`.
+pub fn subvolume_contains(outer: &str, inner: &str) -> bool {
+    let (outer, inner) = (outer.trim_matches('/'), inner.trim_matches('/'));
+    inner == outer || inner.starts_with(&format!("{outer}/"))
+}
+
 impl fmt::Display for FieldIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.message)
@@ -27,6 +33,11 @@ impl fmt::Display for FieldIssue {
 pub struct Findings {
     pub errors: Vec<FieldIssue>,
     pub warnings: Vec<FieldIssue>,
+    /// Problems that make a rollback unsafe. `ember check` and the builder
+    /// treat them as errors; at boot they are the rollback's guards: the
+    /// rollback is skipped (or the boot stopped, per `on_guard_failure`)
+    /// and everything else goes on.
+    pub rollback_errors: Vec<FieldIssue>,
 }
 
 impl Findings {
@@ -297,7 +308,100 @@ pub fn validate(config: &Config) -> Findings {
     }
 
     check_persist(config, &mut f);
+    check_rollback(config, &mut f);
     f
+}
+
+fn check_rollback(config: &Config, f: &mut Findings) {
+    for (i, fs) in config.btrfs.iter().enumerate() {
+        let Some(rb) = &fs.rollback else { continue };
+        let field = format!("btrfs[{i}].rollback");
+        let mut error = |sub: &str, message: String| {
+            f.rollback_errors.push(FieldIssue {
+                field: format!("{field}{sub}"),
+                message,
+            })
+        };
+        let target = rb.subvolume.trim_matches('/');
+        if !fs.subvolumes.iter().any(|s| s.subvol_path() == target) {
+            error(
+                ".subvolume",
+                format!("`{}` is not one of this filesystem's subvolumes; ember only rolls back a subvolume it mounts", rb.subvolume),
+            );
+        }
+        if target.is_empty() || target.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            error(".subvolume", format!("`{}` must be a normalised subvolume path", rb.subvolume));
+        }
+        // Everything inside the rolled-back subvolume is deleted with it.
+        for (j, s) in fs.subvolumes.iter().enumerate() {
+            if s.subvol_path() != target && subvolume_contains(target, s.subvol_path()) {
+                error(
+                    ".subvolume",
+                    format!(
+                        "btrfs[{i}].subvolumes[{j}] (`{}`) lies inside `{target}` and would be deleted with it",
+                        s.subvol_path()
+                    ),
+                );
+            }
+        }
+        for (j, root) in config.persist.iter().enumerate() {
+            if let Some(m) = owning_mount(config, &root.root)
+                && m.field_fs == i
+                && subvolume_contains(target, m.subvolume.subvol_path())
+            {
+                error(
+                    ".subvolume",
+                    format!(
+                        "persist[{j}].root {} lives on subvolume `{}`, which is `{target}` or inside it: rolling back would destroy the persisted state",
+                        root.root,
+                        m.subvolume.subvol_path()
+                    ),
+                );
+            }
+        }
+        match (&rb.strategy, &rb.blank_snapshot) {
+            (super::RollbackStrategy::Blank, None) => {
+                error(".blank_snapshot", "the `blank` strategy needs a read-only blank snapshot to start from".into())
+            }
+            (super::RollbackStrategy::Empty, Some(_)) => error(
+                ".blank_snapshot",
+                "the `empty` strategy does not use a blank snapshot; use `blank` or remove this field".into(),
+            ),
+            _ => {}
+        }
+        if let Some(blank) = &rb.blank_snapshot {
+            let blank = blank.trim_matches('/');
+            if blank.is_empty() || subvolume_contains(target, blank) || subvolume_contains(blank, target) {
+                error(
+                    ".blank_snapshot",
+                    format!("`{blank}` must be a separate subvolume, neither `{target}` nor inside or above it"),
+                );
+            }
+        }
+        if rb.strategy == super::RollbackStrategy::Archive {
+            let dir = rb.archive_dir.trim_matches('/');
+            if dir.is_empty() || subvolume_contains(target, dir) || dir.split('/').any(|c| c == "." || c == "..") {
+                error(
+                    ".archive_dir",
+                    format!("`{}` must be a normalised path outside `{target}`", rb.archive_dir),
+                );
+            }
+            if rb.keep_count == Some(0) {
+                error(".keep_count", "must keep at least 1 archived root (or leave it unset)".into());
+            }
+        } else if rb.keep_days.is_some() || rb.keep_count.is_some() {
+            error(".keep_days", "keep_days/keep_count only apply to the `archive` strategy".into());
+        }
+        let identified = matches!(fs.device, super::DeviceSpec::Uuid(_) | super::DeviceSpec::Label(_));
+        match &rb.filesystem {
+            None if !identified => error(
+                ".filesystem",
+                "name the filesystem (`UUID=...` or `LABEL=...` of the Btrfs filesystem) so ember can never roll back the wrong one".into(),
+            ),
+            Some(super::DeviceSpec::Uuid(_) | super::DeviceSpec::Label(_)) | None => {}
+            Some(other) => error(".filesystem", format!("`{other}` must be `UUID=...` or `LABEL=...`")),
+        }
+    }
 }
 
 fn check_persist(config: &Config, f: &mut Findings) {
