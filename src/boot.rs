@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cmdline::KernelCmdline;
+use crate::config::GuardPolicy;
 use crate::config::{self, ConfigError, FailurePolicy};
 use crate::modules::{MANIFEST_PATH, ModuleManifest};
 use crate::plan::{self, Discovered, KeySource, Phase, Plan, SYSROOT, Step};
@@ -16,6 +17,7 @@ use crate::sys::kmod::{self, KmodError};
 use crate::sys::luks::{self, LuksError};
 use crate::sys::mount::{self, MountError, Mounted};
 use crate::sys::persist::{self, BindOutcome};
+use crate::sys::rollback::{self as rollback_run, Outcome};
 use crate::sys::secret::Secret;
 use crate::sys::switch_root::{self, SwitchRootError};
 use crate::sys::{apifs, console, power};
@@ -75,6 +77,8 @@ pub enum BootError {
     },
     #[error(transparent)]
     SwitchRoot(#[from] SwitchRootError),
+    #[error("{field}: {reason}; stopping (on_guard_failure = stop)")]
+    RollbackStopped { field: String, reason: String },
 }
 
 /// Time spent per phase, for the one-line summary.
@@ -94,6 +98,7 @@ impl Timings {
             Phase::Modules,
             Phase::Devices,
             Phase::Unlock,
+            Phase::Rollback,
             Phase::Mount,
             Phase::Persist,
         ]
@@ -165,11 +170,135 @@ struct Executor {
     kernel_at_start: Duration,
     init_args: Vec<String>,
     manifest: Option<ModuleManifest>,
+    /// Set when a hibernation image may be waiting: no rollback may run.
+    rollback_blocked: Option<String>,
+    /// Whether ember is the initrd's init (only then may it trigger a resume).
+    as_init: bool,
+    /// Where the new root is assembled (`/sysroot`; `/mnt-root` in NixOS's scripted stage 1).
+    sysroot: String,
 }
 
 impl Executor {
+    /// Applies `on_guard_failure` to a rollback that did not happen.
+    fn rollback_not_done(
+        &self,
+        field: &str,
+        reason: String,
+        policy: GuardPolicy,
+    ) -> Result<(), BootError> {
+        match policy {
+            GuardPolicy::Continue => {
+                log::error!("{field}: {reason}; booting the existing root without rollback");
+                Ok(())
+            }
+            GuardPolicy::Stop => Err(BootError::RollbackStopped {
+                field: field.to_string(),
+                reason,
+            }),
+        }
+    }
+
+    fn resume(&mut self, spec: &str) {
+        let path = match config::DeviceSpec::parse(spec) {
+            Ok(d) => self.devices().resolve(&d),
+            Err(_) => resume_by_number(spec),
+        };
+        let Some(path) = path else {
+            self.rollback_blocked = Some(format!(
+                "resume={spec} is on the kernel command line but that device is not present, so a hibernation image cannot be ruled out"
+            ));
+            return;
+        };
+        match crate::sys::resume::image_present(&path) {
+            Ok(false) => log::info!("no hibernation image on {path}"),
+            Ok(true) => {
+                if self.as_init {
+                    log::info!("hibernation image on {path}: resuming");
+                    if let Err(e) = crate::sys::resume::request_resume(&path) {
+                        log::error!("resume from {path} failed: {e}");
+                    }
+                }
+                // Still here: the image was not resumed (or systemd will do it).
+                self.rollback_blocked = Some(format!(
+                    "a hibernation image is on {path} (resume={spec}); the resume must happen before the root may be touched"
+                ));
+            }
+            Err(e) => {
+                self.rollback_blocked = Some(format!(
+                    "cannot read resume device {path} ({e}); a hibernation image cannot be ruled out"
+                ));
+            }
+        }
+    }
+
+    fn rollback(
+        &mut self,
+        field: &str,
+        device: &config::DeviceSpec,
+        rb: &config::Rollback,
+        dry_run: bool,
+        pause_after: Option<usize>,
+    ) -> Result<(), BootError> {
+        if let Some(reason) = self.rollback_blocked.clone() {
+            return self.rollback_not_done(field, reason, rb.on_guard_failure);
+        }
+        let Some(path) = self.devices().resolve(device) else {
+            return self.rollback_not_done(
+                field,
+                format!("device {device} is not present"),
+                rb.on_guard_failure,
+            );
+        };
+        let identity = self
+            .devices()
+            .find(device)
+            .map(|d| (d.uuid.clone(), d.label.clone()))
+            .unwrap_or_default();
+        match rollback_run::run(&path, device, rb, identity, dry_run, pause_after) {
+            Ok(Outcome::Done { actions, took }) => {
+                log::info!(
+                    "rolled back subvolume {} of {device} in {}ms ({} steps)",
+                    rb.subvolume.trim_matches('/'),
+                    took.as_millis(),
+                    actions.len()
+                );
+                Ok(())
+            }
+            Ok(Outcome::DryRun { actions }) => {
+                log::info!(
+                    "rollback dry run (ember.rollback=dry-run): would do {} steps:",
+                    actions.len()
+                );
+                for (i, a) in actions.iter().enumerate() {
+                    log::info!("  {}. {a}", i + 1);
+                }
+                Ok(())
+            }
+            Err(e) => self.rollback_not_done(field, format!("rollback {e}"), rb.on_guard_failure),
+        }
+    }
+
+    fn new(as_init: bool, sysroot: &str, init_args: Vec<String>) -> Executor {
+        Executor {
+            devices: None,
+            timings: Timings::default(),
+            refused: 0,
+            started: Instant::now(),
+            kernel_at_start: since_kernel_start(),
+            init_args,
+            manifest: None,
+            rollback_blocked: None,
+            as_init,
+            sysroot: sysroot.to_string(),
+        }
+    }
+
     fn devices(&mut self) -> &mut Devices {
-        self.devices.get_or_insert_with(|| Devices::start(true))
+        // Only the initrd's init creates /dev/disk links (no udev there);
+        // under systemd or in a running system udev owns them.
+        let make_links = self.as_init;
+        self.devices
+            .get_or_insert_with(|| Devices::start(make_links))
     }
 
     fn run(&mut self, plan: &Plan) -> Result<(), BootError> {
@@ -220,6 +349,26 @@ impl Executor {
                 key,
                 allow_discards,
             } => self.unlock(field, device, name, key, *allow_discards),
+            Step::Resume { spec } => {
+                self.resume(spec);
+                Ok(())
+            }
+            Step::Rollback {
+                field,
+                device,
+                rollback,
+                dry_run,
+                pause_after,
+            } => self.rollback(field, device, rollback, *dry_run, *pause_after),
+            Step::RollbackRefused {
+                field,
+                reasons,
+                policy,
+            } => self.rollback_not_done(
+                field,
+                format!("refused, nothing changed: {}", reasons.join("; ")),
+                *policy,
+            ),
             Step::MountSubvolume {
                 field,
                 device,
@@ -234,8 +383,9 @@ impl Executor {
                         field: field.clone(),
                         device: device.to_string(),
                     })?;
-                let target = mount_point.under(SYSROOT);
-                match mount::mount_subvolume(&path, SYSROOT, mount_point, subvolume, options) {
+                let target = mount_point.under(&self.sysroot);
+                match mount::mount_subvolume(&path, &self.sysroot, mount_point, subvolume, options)
+                {
                     Ok(Mounted::Now) => {
                         log::info!(
                             "mounted subvolume {subvolume} of {path} at {target} ({})",
@@ -263,7 +413,7 @@ impl Executor {
                 root,
                 kind,
             } => {
-                match persist::bind(SYSROOT, root, target, *kind) {
+                match persist::bind(&self.sysroot, root, target, *kind) {
                     Ok(BindOutcome::Bound) => {
                         log::info!("persisted {} {target} from {source}", kind.as_str())
                     }
@@ -279,7 +429,7 @@ impl Executor {
                 Ok(())
             }
             Step::SwitchRoot { init } => {
-                switch_root::check_init(SYSROOT, init)?;
+                switch_root::check_init(&self.sysroot, init)?;
                 self.timings.add(Phase::SwitchRoot, Duration::ZERO);
                 log::info!(
                     "{}",
@@ -289,8 +439,8 @@ impl Executor {
                         self.refused
                     )
                 );
-                log::info!("switching root to {SYSROOT}, exec {init}");
-                let err = match switch_root::switch_root(SYSROOT, init, &self.init_args) {
+                log::info!("switching root to {}, exec {init}", self.sysroot);
+                let err = match switch_root::switch_root(&self.sysroot, init, &self.init_args) {
                     Ok(never) => match never {},
                     Err(e) => e,
                 };
@@ -391,6 +541,17 @@ impl Executor {
     }
 }
 
+/// `resume=MAJOR:MINOR`: the device node for that number, via sysfs.
+fn resume_by_number(spec: &str) -> Option<String> {
+    let (major, minor) = spec.split_once(':')?;
+    let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
+    let uevent = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent")).ok()?;
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .map(|n| format!("/dev/{n}"))
+}
+
 fn read_keyfile(path: &str) -> Result<Secret, String> {
     let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let size = file.metadata().map_err(|e| e.to_string())?.len();
@@ -418,10 +579,11 @@ fn prepare(exec: &mut Executor) -> Result<Plan, (BootError, FailurePolicy)> {
     }
     let policy = cmdline.on_failure.unwrap_or(early_policy);
     let path = find_config().ok_or((BootError::NoConfig, policy))?;
-    let checked = config::load(&path).map_err(|e| (e.into(), policy))?;
+    let checked = config::load_for_boot(&path).map_err(|e| (e.into(), policy))?;
     let policy = cmdline.on_failure.unwrap_or(checked.config.on_failure);
     exec.manifest = read_manifest(Path::new(MANIFEST_PATH)).map_err(|e| (e, policy))?;
     let discovered = Discovered {
+        rollback_refusals: checked.rollback_refusals.clone(),
         modules: exec
             .manifest
             .as_ref()
@@ -440,15 +602,7 @@ fn prepare(exec: &mut Executor) -> Result<Plan, (BootError, FailurePolicy)> {
 pub fn run_as_init(init_args: Vec<String>) -> ! {
     crate::sys::kmsg::KmsgLogger::install(log::LevelFilter::Info, true);
     luks::route_library_log();
-    let mut exec = Executor {
-        devices: None,
-        timings: Timings::default(),
-        refused: 0,
-        started: Instant::now(),
-        kernel_at_start: since_kernel_start(),
-        init_args,
-        manifest: None,
-    };
+    let mut exec = Executor::new(true, SYSROOT, init_args);
     log::info!("ember {} starting", env!("CARGO_PKG_VERSION"));
     loop {
         let (error, policy) = match prepare(&mut exec) {
@@ -488,4 +642,53 @@ pub fn run_as_init(init_args: Vec<String>) -> ! {
             FailurePolicy::Poweroff => power::poweroff_now(),
         }
     }
+}
+
+/// What a subcommand (`ember unlock`, `ember rollback`, ...) runs: the steps
+/// of the boot plan in `phases`, outside of PID 1 (systemd stage 1, a rescue
+/// shell). The kernel command line is honoured as at boot.
+pub struct PhaseRun<'a> {
+    pub phases: &'a [Phase],
+    pub config: Option<&'a Path>,
+    pub sysroot: &'a str,
+    /// Overrides `ember.rollback=` (for `ember rollback --dry-run`).
+    pub rollback_dry_run: bool,
+}
+
+/// Returns how many steps ran and how many persisted entries were refused.
+pub fn run_phases(run: &PhaseRun<'_>) -> Result<(usize, usize), BootError> {
+    let path = match run.config {
+        Some(p) => p.to_path_buf(),
+        None => find_config().ok_or(BootError::NoConfig)?,
+    };
+    let checked = config::load_for_boot(&path)?;
+    let mut cmdline =
+        KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    if run.rollback_dry_run {
+        cmdline.rollback = crate::cmdline::RollbackSwitch::DryRun;
+    }
+    // Never pause a rollback outside the boot path.
+    cmdline.rollback_pause_after = None;
+    let discovered = Discovered {
+        modules: Vec::new(),
+        rollback_refusals: checked.rollback_refusals.clone(),
+    };
+    let plan = plan::plan(&checked.config, &cmdline, &discovered);
+    for w in &plan.warnings {
+        log::warn!("{w}");
+    }
+    let mut exec = Executor::new(false, run.sysroot, Vec::new());
+    let mut ran = 0;
+    for step in plan
+        .steps
+        .iter()
+        .filter(|s| run.phases.contains(&s.phase()))
+    {
+        exec.step(step)?;
+        ran += 1;
+    }
+    if exec.refused > 0 {
+        log::error!("{} persisted path(s) refused, see above", exec.refused);
+    }
+    Ok((ran, exec.refused))
 }

@@ -1,36 +1,72 @@
-//! Command-line entry points. As PID 1 ember boots; otherwise it is a tool.
+//! Command-line entry points. As PID 1 ember boots; otherwise it is a tool
+//! for systemd stage 1 units and the rescue shell.
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad config.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use ember::boot::{self, BootError, PhaseRun};
 use ember::cmdline::KernelCmdline;
 use ember::config;
 use ember::modules::{MANIFEST_PATH, ModuleManifest};
-use ember::plan::{self, Discovered};
+use ember::plan::{self, Discovered, Phase, SYSROOT};
 
 const USAGE: &str = "\
 usage: ember <command> [options]
 
 commands:
-  check CONFIG [--cmdline TEXT] [--modules MANIFEST]
-                validate a config (TOML or .json) and print the boot plan
-  version       print the version
-  help          print this help
+  check CONFIG   validate a config (TOML or .json) and print the boot plan
+  unlock         wait for the configured LUKS devices and open them
+  rollback       roll the configured subvolume back (--dry-run: only print)
+  mount          mount the configured subvolumes under the new root
+  persist        bind the persisted paths into the new root
+  version        print the version
+  help           print this help
 
-As PID 1 (the initrd's /init) ember boots: it reads /etc/ember/config.json,
-loads kernel modules, unlocks, mounts, binds persisted paths and switches root.
+unlock, rollback, mount and persist read /etc/ember/config.json unless
+--config PATH is given, honour the kernel command line (ember.rollback=0, ...),
+and leave alone what is already done, so running them twice is harmless.
+mount and persist work on /sysroot unless --sysroot PATH is given.
+`ember COMMAND --help` describes each.
+
+As PID 1 (the initrd's /init) ember boots: modules, devices, unlock,
+rollback, mount, persist, switch root.
 
 exit codes: 0 success, 1 failure, 2 usage or configuration error";
 
 pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().collect();
     if rustix::process::getpid().is_init() {
-        ember::boot::run_as_init(args.into_iter().skip(1).collect());
+        boot::run_as_init(args.into_iter().skip(1).collect());
     }
     ember::sys::kmsg::KmsgLogger::install(log::LevelFilter::Info, false);
+    let rest = args.get(2..).unwrap_or(&[]);
     match args.get(1).map(String::as_str) {
-        Some("check") => check(&args[2..]),
+        Some("check") => check(rest),
+        Some("unlock") => phases(
+            rest,
+            "unlock",
+            "Waits for the configured LUKS devices and opens them (keyfile, or a\npassphrase asked on the terminal). Volumes already open are left alone.",
+            &[Phase::Devices, Phase::Unlock],
+        ),
+        Some("rollback") => phases(
+            rest,
+            "rollback",
+            "Rolls back the configured subvolume(s) (see docs/design/rollback.md). Guards\nrefuse without changing anything when the filesystem, the blank snapshot or\nthe layout is not as configured. --dry-run prints the steps only.",
+            &[Phase::Rollback],
+        ),
+        Some("mount") => phases(
+            rest,
+            "mount",
+            "Mounts the configured subvolumes under the new root (--sysroot, default\n/sysroot), root first. Mount points already mounted are left alone.",
+            &[Phase::Mount],
+        ),
+        Some("persist") => phases(
+            rest,
+            "persist",
+            "Binds the persisted files and directories from their persist roots into\nthe new root (--sysroot, default /sysroot). Symlinks are refused; entries\nalready bound are left alone.",
+            &[Phase::Persist],
+        ),
         Some("version" | "--version") => {
             println!("ember {}", env!("CARGO_PKG_VERSION"));
             0
@@ -46,6 +82,65 @@ pub fn main() -> i32 {
         None => {
             eprintln!("{USAGE}");
             2
+        }
+    }
+}
+
+fn usage_error(message: &str) -> i32 {
+    eprintln!("ember: {message}\n\n{USAGE}");
+    2
+}
+
+/// Exit code for a failed step: 2 for config problems, 1 for the rest.
+fn failure_code(e: &BootError) -> i32 {
+    match e {
+        BootError::Config(_) | BootError::NoConfig => 2,
+        _ => 1,
+    }
+}
+
+fn phases(args: &[String], name: &str, about: &str, phases: &[Phase]) -> i32 {
+    let mut config: Option<PathBuf> = None;
+    let mut sysroot = SYSROOT.to_string();
+    let mut dry_run = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => match it.next() {
+                Some(v) => config = Some(PathBuf::from(v)),
+                None => return usage_error("--config needs a path"),
+            },
+            "--sysroot" => match it.next() {
+                Some(v) => sysroot = v.clone(),
+                None => return usage_error("--sysroot needs a path"),
+            },
+            "--dry-run" if name == "rollback" => dry_run = true,
+            "--help" | "-h" => {
+                let extra = if name == "rollback" {
+                    " [--dry-run]"
+                } else {
+                    ""
+                };
+                println!(
+                    "usage: ember {name} [--config PATH] [--sysroot PATH]{extra}\n\n{about}\n\nexit codes: 0 success, 1 failure, 2 usage or configuration error"
+                );
+                return 0;
+            }
+            other => return usage_error(&format!("{name}: unknown argument `{other}`")),
+        }
+    }
+    let run = PhaseRun {
+        phases,
+        config: config.as_deref(),
+        sysroot: &sysroot,
+        rollback_dry_run: dry_run,
+    };
+    match boot::run_phases(&run) {
+        Ok((_, 0)) => 0,
+        Ok((_, _refused)) => 1,
+        Err(e) => {
+            log::error!("{name} failed: {e}");
+            failure_code(&e)
         }
     }
 }
@@ -67,7 +162,7 @@ fn check(args: &[String]) -> i32 {
             },
             "--help" | "-h" => {
                 println!(
-                    "usage: ember check CONFIG [--cmdline TEXT] [--modules MANIFEST]\n\nValidates CONFIG and prints the plan ember would execute at boot.\nexit codes: 0 valid, 2 invalid or unreadable"
+                    "usage: ember check CONFIG [--cmdline TEXT] [--modules MANIFEST]\n\nValidates CONFIG and prints the plan ember would execute at boot, for the\ngiven kernel command line.\nexit codes: 0 valid, 2 invalid or unreadable"
                 );
                 return 0;
             }
@@ -110,14 +205,12 @@ fn check(args: &[String]) -> i32 {
     let plan = plan::plan(
         &checked.config,
         &KernelCmdline::parse(&cmdline),
-        &Discovered { modules },
+        &Discovered {
+            modules,
+            ..Default::default()
+        },
     );
     println!("config {config_path} is valid; boot plan:");
     print!("{plan}");
     0
-}
-
-fn usage_error(message: &str) -> i32 {
-    eprintln!("ember: {message}\n\n{USAGE}");
-    2
 }

@@ -15,9 +15,29 @@ pub struct KernelCmdline {
     pub on_failure: Option<FailurePolicy>,
     /// `ember.debug`: log at debug level.
     pub debug: bool,
+    /// `ember.rollback=0|1|dry-run`: the escape hatch for one boot.
+    pub rollback: RollbackSwitch,
+    /// `ember.rollback_pause_after=N`: a testing aid that stops (forever)
+    /// once N rollback actions are durable, so a test can cut the power there.
+    pub rollback_pause_after: Option<usize>,
+    /// `resume=`: the hibernation image's device, if the system may be resuming.
+    pub resume: Option<String>,
     /// Things that looked like ember options but were not understood;
     /// reported as warnings instead of being silently dropped.
     pub ignored: Vec<String>,
+}
+
+/// `ember.rollback=`: whether this boot rolls back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackSwitch {
+    /// As configured.
+    #[default]
+    On,
+    /// `ember.rollback=0`: skip the rollback this once (something important
+    /// was not persisted).
+    Off,
+    /// `ember.rollback=dry-run`: log what would be done, change nothing.
+    DryRun,
 }
 
 /// Splits the command line the way the kernel does: on spaces, with double
@@ -80,6 +100,22 @@ impl KernelCmdline {
                     )),
                 },
                 ("ember.debug", None) => out.debug = true,
+                ("ember.rollback", Some(v)) => match v {
+                    "0" | "no" | "off" | "false" => out.rollback = RollbackSwitch::Off,
+                    "1" | "yes" | "on" | "true" => out.rollback = RollbackSwitch::On,
+                    "dry-run" => out.rollback = RollbackSwitch::DryRun,
+                    _ => out
+                        .ignored
+                        .push(format!("ember.rollback={v}: expected 0, 1 or dry-run")),
+                },
+                ("ember.rollback_pause_after", Some(v)) => match v.parse::<usize>() {
+                    Ok(n) if n > 0 => out.rollback_pause_after = Some(n),
+                    _ => out.ignored.push(format!(
+                        "ember.rollback_pause_after={v}: not a positive number"
+                    )),
+                },
+                ("resume", Some(v)) if !v.is_empty() => out.resume = Some(v.to_string()),
+                ("noresume", None) => out.resume = None,
                 (k, _) if k.starts_with("ember.") => {
                     out.ignored.push(format!("{word}: unknown ember option"))
                 }
@@ -117,6 +153,30 @@ mod tests {
         assert_eq!(c.on_failure, Some(FailurePolicy::Halt));
         assert!(c.debug);
         assert!(c.ignored.is_empty());
+    }
+
+    #[test]
+    fn rollback_switch_and_resume() {
+        assert_eq!(
+            KernelCmdline::parse("ember.rollback=0").rollback,
+            RollbackSwitch::Off
+        );
+        assert_eq!(
+            KernelCmdline::parse("ember.rollback=dry-run").rollback,
+            RollbackSwitch::DryRun
+        );
+        assert_eq!(KernelCmdline::parse("").rollback, RollbackSwitch::On);
+        let c = KernelCmdline::parse(
+            "ember.rollback=maybe ember.rollback_pause_after=2 resume=UUID=abc",
+        );
+        assert_eq!(c.rollback, RollbackSwitch::On);
+        assert_eq!(c.ignored.len(), 1);
+        assert_eq!(c.rollback_pause_after, Some(2));
+        assert_eq!(c.resume.as_deref(), Some("UUID=abc"));
+        assert_eq!(
+            KernelCmdline::parse("resume=/dev/vdb noresume").resume,
+            None
+        );
     }
 
     #[test]

@@ -4,9 +4,12 @@
 
 use std::fmt;
 
-use crate::cmdline::KernelCmdline;
+use crate::cmdline::{KernelCmdline, RollbackSwitch};
 use crate::config::validate::{self, MountRef};
-use crate::config::{AbsPath, Config, DeviceSpec, EntryKind, FailurePolicy, PersistDisposition};
+use crate::config::{
+    AbsPath, Config, DeviceSpec, EntryKind, FailurePolicy, FieldIssue, GuardPolicy,
+    PersistDisposition, Rollback, RollbackStrategy,
+};
 
 /// Where the new root is assembled inside the initrd.
 pub const SYSROOT: &str = "/sysroot";
@@ -45,6 +48,23 @@ pub enum Step {
         key: KeySource,
         allow_discards: bool,
     },
+    /// If a hibernation image is on this device, resume from it; if that
+    /// does not happen, no rollback may run this boot.
+    Resume { spec: String },
+    /// Roll a subvolume back (crash-safe; see rollback.rs).
+    Rollback {
+        field: String,
+        device: DeviceSpec,
+        rollback: Rollback,
+        dry_run: bool,
+        pause_after: Option<usize>,
+    },
+    /// A rollback whose guards already failed on the config itself.
+    RollbackRefused {
+        field: String,
+        reasons: Vec<String>,
+        policy: GuardPolicy,
+    },
     /// Mount one Btrfs subvolume under /sysroot.
     MountSubvolume {
         field: String,
@@ -70,6 +90,9 @@ pub enum Step {
 pub struct Discovered {
     /// Kernel modules to load, in dependency order, as the builder resolved them.
     pub modules: Vec<String>,
+    /// Rollback problems found while loading the config at boot
+    /// (`config::load_for_boot`): those rollbacks are refused.
+    pub rollback_refusals: Vec<FieldIssue>,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +194,39 @@ pub fn plan(config: &Config, cmdline: &KernelCmdline, discovered: &Discovered) -
         });
     }
 
+    if let Some(spec) = &cmdline.resume {
+        steps.push(Step::Resume { spec: spec.clone() });
+    }
+    for (i, fs) in config.btrfs.iter().enumerate() {
+        let Some(rb) = &fs.rollback else { continue };
+        let field = format!("btrfs[{i}].rollback");
+        let reasons: Vec<String> = discovered
+            .rollback_refusals
+            .iter()
+            .filter(|r| r.field.starts_with(&field))
+            .map(|r| r.to_string())
+            .collect();
+        if cmdline.rollback == RollbackSwitch::Off {
+            warnings.push(format!(
+                "{field}: skipped for this boot (ember.rollback=0 on the kernel command line)"
+            ));
+        } else if !reasons.is_empty() {
+            steps.push(Step::RollbackRefused {
+                field,
+                reasons,
+                policy: rb.on_guard_failure,
+            });
+        } else {
+            steps.push(Step::Rollback {
+                field,
+                device: fs.device.clone(),
+                rollback: rb.clone(),
+                dry_run: cmdline.rollback == RollbackSwitch::DryRun,
+                pause_after: cmdline.rollback_pause_after,
+            });
+        }
+    }
+
     for m in mount_order(config) {
         let fs = &config.btrfs[m.field_fs];
         steps.push(Step::MountSubvolume {
@@ -215,6 +271,9 @@ impl Step {
             Step::LoadModules { .. } => Phase::Modules,
             Step::WaitForDevices { .. } => Phase::Devices,
             Step::Unlock { .. } => Phase::Unlock,
+            Step::Resume { .. } | Step::Rollback { .. } | Step::RollbackRefused { .. } => {
+                Phase::Rollback
+            }
             Step::MountSubvolume { .. } => Phase::Mount,
             Step::BindPersisted { .. } => Phase::Persist,
             Step::SwitchRoot { .. } => Phase::SwitchRoot,
@@ -229,17 +288,19 @@ pub enum Phase {
     Modules,
     Devices,
     Unlock,
+    Rollback,
     Mount,
     Persist,
     SwitchRoot,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Setup,
         Phase::Modules,
         Phase::Devices,
         Phase::Unlock,
+        Phase::Rollback,
         Phase::Mount,
         Phase::Persist,
         Phase::SwitchRoot,
@@ -250,6 +311,7 @@ impl Phase {
             Phase::Modules => "modules",
             Phase::Devices => "devices",
             Phase::Unlock => "unlock",
+            Phase::Rollback => "rollback",
             Phase::Mount => "mount",
             Phase::Persist => "persist",
             Phase::SwitchRoot => "switch-root",
@@ -297,6 +359,59 @@ impl fmt::Display for Step {
                     write!(f, ", allowing discards")?;
                 }
                 Ok(())
+            }
+            Step::Resume { spec } => write!(
+                f,
+                "if {spec} holds a hibernation image, resume from it (and never roll back this boot)"
+            ),
+            Step::Rollback {
+                device,
+                rollback,
+                dry_run,
+                ..
+            } => {
+                let target = rollback.subvolume.trim_matches('/');
+                write!(f, "roll back subvolume {target} of {device}: ")?;
+                match (rollback.strategy, &rollback.blank_snapshot) {
+                    (RollbackStrategy::Blank, Some(b)) => {
+                        write!(f, "replace it with a snapshot of {b}")?
+                    }
+                    (RollbackStrategy::Blank, None) | (RollbackStrategy::Empty, _) => {
+                        write!(f, "replace it with an empty subvolume")?
+                    }
+                    (RollbackStrategy::Archive, blank) => {
+                        write!(
+                            f,
+                            "move it to {}/<last change time>, then start from ",
+                            rollback.archive_dir
+                        )?;
+                        match blank {
+                            Some(b) => write!(f, "a snapshot of {b}")?,
+                            None => write!(f, "an empty subvolume")?,
+                        }
+                        if let Some(n) = rollback.keep_count {
+                            write!(f, ", keep {n}")?;
+                        }
+                        if let Some(d) = rollback.keep_days {
+                            write!(f, ", keep {d} days")?;
+                        }
+                    }
+                }
+                if *dry_run {
+                    write!(f, " (dry run: log only)")?;
+                }
+                Ok(())
+            }
+            Step::RollbackRefused {
+                field,
+                reasons,
+                policy,
+            } => {
+                write!(f, "refuse {field}: {}", reasons.join("; "))?;
+                match policy {
+                    GuardPolicy::Continue => write!(f, " (boot continues without rollback)"),
+                    GuardPolicy::Stop => write!(f, " (boot stops: on_guard_failure = stop)"),
+                }
             }
             Step::MountSubvolume {
                 device,
@@ -367,7 +482,77 @@ mod tests {
     fn discovered() -> Discovered {
         Discovered {
             modules: vec!["virtio_blk".into(), "dm_crypt".into(), "btrfs".into()],
+            ..Default::default()
         }
+    }
+
+    fn with_rollback() -> Config {
+        let mut c = reference();
+        c.btrfs[0].rollback = Some(Rollback {
+            subvolume: "root".into(),
+            strategy: RollbackStrategy::Blank,
+            blank_snapshot: Some("root-blank".into()),
+            filesystem: Some(DeviceSpec::Label("nixos".into())),
+            archive_dir: "old_roots".into(),
+            keep_days: None,
+            keep_count: None,
+            on_guard_failure: GuardPolicy::Continue,
+        });
+        c
+    }
+
+    #[test]
+    fn rollback_comes_after_unlock_and_resume_before_any_mount() {
+        let cmd = KernelCmdline::parse("resume=UUID=1234");
+        let p = plan(&with_rollback(), &cmd, &discovered());
+        let pos =
+            |pred: &dyn Fn(&Step) -> bool| p.steps.iter().position(pred).expect("step present");
+        let unlock = pos(&|s| matches!(s, Step::Unlock { .. }));
+        let resume = pos(&|s| matches!(s, Step::Resume { .. }));
+        let rollback = pos(&|s| matches!(s, Step::Rollback { .. }));
+        let mount = pos(&|s| matches!(s, Step::MountSubvolume { .. }));
+        assert!(unlock < resume && resume < rollback && rollback < mount);
+        assert_eq!(
+            p.steps[rollback].to_string(),
+            "roll back subvolume root of /dev/mapper/cryptroot: replace it with a snapshot of root-blank"
+        );
+    }
+
+    #[test]
+    fn rollback_switches() {
+        let p = plan(
+            &with_rollback(),
+            &KernelCmdline::parse("ember.rollback=0"),
+            &discovered(),
+        );
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::Rollback { .. })));
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.contains("skipped for this boot"))
+        );
+        let p = plan(
+            &with_rollback(),
+            &KernelCmdline::parse("ember.rollback=dry-run"),
+            &discovered(),
+        );
+        assert!(
+            p.steps
+                .iter()
+                .any(|s| matches!(s, Step::Rollback { dry_run: true, .. }))
+        );
+        let mut d = discovered();
+        d.rollback_refusals.push(FieldIssue {
+            field: "btrfs[0].rollback.subvolume".into(),
+            message: "persist inside".into(),
+        });
+        let p = plan(&with_rollback(), &KernelCmdline::default(), &d);
+        assert!(
+            p.steps
+                .iter()
+                .any(|s| matches!(s, Step::RollbackRefused { .. }))
+        );
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::Rollback { .. })));
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub enum Entry {
     Missing,
     /// Exists but is a plain directory or file, not a subvolume.
     NotSubvolume,
-    Subvolume { read_only: bool },
+    Subvolume {
+        read_only: bool,
+    },
 }
 
 /// What is on the filesystem, read just before planning.
@@ -41,17 +43,33 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Deletes a subvolume and every subvolume nested in it.
-    Delete { path: String, why: String },
-    Snapshot { source: String, dest: String },
-    CreateEmpty { dest: String },
-    CreateDir { path: String },
-    Rename { from: String, to: String },
+    Delete {
+        path: String,
+        why: String,
+    },
+    Snapshot {
+        source: String,
+        dest: String,
+    },
+    CreateEmpty {
+        dest: String,
+    },
+    CreateDir {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
 }
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::Delete { path, why } => write!(f, "delete subvolume {path} and everything nested in it ({why})"),
+            Action::Delete { path, why } => write!(
+                f,
+                "delete subvolume {path} and everything nested in it ({why})"
+            ),
             Action::Snapshot { source, dest } => write!(f, "snapshot {source} as writable {dest}"),
             Action::CreateEmpty { dest } => write!(f, "create empty subvolume {dest}"),
             Action::CreateDir { path } => write!(f, "create directory {path}"),
@@ -73,7 +91,9 @@ pub enum Refusal {
     BlankMissing(String),
     #[error("blank snapshot `{0}` is not a subvolume")]
     BlankNotSubvolume(String),
-    #[error("blank snapshot `{0}` is writable; it must be read-only (btrfs property set -ts {0} ro true) so it cannot have changed")]
+    #[error(
+        "blank snapshot `{0}` is writable; it must be read-only (btrfs property set -ts {0} ro true) so it cannot have changed"
+    )]
     BlankWritable(String),
     #[error("`{0}` exists and is not a directory")]
     ArchiveDirNotDirectory(String),
@@ -106,7 +126,10 @@ fn check_identity(expected: Option<&DeviceSpec>, observed: &Observed) -> Result<
         )
     };
     let ok = match expected {
-        Some(DeviceSpec::Uuid(u)) => observed.fs_uuid.as_deref().is_some_and(|f| f.eq_ignore_ascii_case(u)),
+        Some(DeviceSpec::Uuid(u)) => observed
+            .fs_uuid
+            .as_deref()
+            .is_some_and(|f| f.eq_ignore_ascii_case(u)),
         Some(DeviceSpec::Label(l)) => observed.fs_label.as_deref() == Some(l.as_str()),
         // Validation requires an identity; refuse rather than guess.
         _ => false,
@@ -115,7 +138,9 @@ fn check_identity(expected: Option<&DeviceSpec>, observed: &Observed) -> Result<
         Ok(())
     } else {
         Err(Refusal::WrongFilesystem {
-            expected: expected.map(|e| e.to_string()).unwrap_or_else(|| "(none configured)".into()),
+            expected: expected
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "(none configured)".into()),
             found: found(),
         })
     }
@@ -127,7 +152,12 @@ pub fn archive_name(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}_{:02}-{:02}-{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}_{:02}-{:02}-{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Parses an archive name back to seconds; `None` for anything ember did
@@ -139,11 +169,24 @@ pub fn parse_archive_name(name: &str) -> Option<i64> {
         None => name,
     };
     let b = base.as_bytes();
-    if b.len() != 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'_' || b[13] != b'-' || b[16] != b'-' {
+    if b.len() != 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'_'
+        || b[13] != b'-'
+        || b[16] != b'-'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| base.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, s) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, s) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 59 {
         return None;
     }
@@ -177,7 +220,11 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// Which archived roots to delete: beyond the newest `keep_count`, or older
 /// than `keep_days` before `reference` (the newest archive's time).
-pub fn prune(archived: &[(String, i64)], keep_days: Option<u32>, keep_count: Option<u32>) -> Vec<String> {
+pub fn prune(
+    archived: &[(String, i64)],
+    keep_days: Option<u32>,
+    keep_count: Option<u32>,
+) -> Vec<String> {
     let mut sorted: Vec<&(String, i64)> = archived.iter().collect();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
     let reference = sorted.first().map(|e| e.1).unwrap_or(0);
@@ -198,12 +245,19 @@ fn join(dir: &str, name: &str) -> String {
 }
 
 /// The actions that roll back `rb.subvolume`, or the guard that refused.
-pub fn plan(rb: &Rollback, device: &DeviceSpec, observed: &Observed) -> Result<Vec<Action>, Refusal> {
+pub fn plan(
+    rb: &Rollback,
+    device: &DeviceSpec,
+    observed: &Observed,
+) -> Result<Vec<Action>, Refusal> {
     check_identity(expected_identity(rb, device), observed)?;
     let target = rb.subvolume.trim_matches('/').to_string();
     let new = new_tmp(&target);
     let old = old_tmp(&target);
-    let blank = rb.blank_snapshot.as_deref().map(|b| b.trim_matches('/').to_string());
+    let blank = rb
+        .blank_snapshot
+        .as_deref()
+        .map(|b| b.trim_matches('/').to_string());
     let mut actions = Vec::new();
 
     // Recovery first: a previous run cut off between its two renames.
@@ -215,7 +269,10 @@ pub fn plan(rb: &Rollback, device: &DeviceSpec, observed: &Observed) -> Result<V
             // The old root is already aside (old_tmp or the archive) and the
             // new one is complete: finish by moving it in. Nothing else to
             // do: that root has never been booted.
-            actions.push(Action::Rename { from: new.clone(), to: target.clone() });
+            actions.push(Action::Rename {
+                from: new.clone(),
+                to: target.clone(),
+            });
             if matches!(old_state, Entry::Subvolume { .. }) {
                 actions.push(Action::Delete {
                     path: old.clone(),
@@ -227,7 +284,10 @@ pub fn plan(rb: &Rollback, device: &DeviceSpec, observed: &Observed) -> Result<V
         if matches!(old_state, Entry::Subvolume { .. }) {
             // Not a state ember's own order produces, but recoverable:
             // put the old root back, then roll back normally.
-            actions.push(Action::Rename { from: old.clone(), to: target.clone() });
+            actions.push(Action::Rename {
+                from: old.clone(),
+                to: target.clone(),
+            });
             target_state = Entry::Subvolume { read_only: false };
             old_state = Entry::Missing;
         } else {
@@ -273,7 +333,10 @@ pub fn plan(rb: &Rollback, device: &DeviceSpec, observed: &Observed) -> Result<V
     let _ = new_state;
 
     match (&blank, uses_blank) {
-        (Some(b), true) => actions.push(Action::Snapshot { source: b.clone(), dest: new.clone() }),
+        (Some(b), true) => actions.push(Action::Snapshot {
+            source: b.clone(),
+            dest: new.clone(),
+        }),
         _ => actions.push(Action::CreateEmpty { dest: new.clone() }),
     }
 
@@ -292,8 +355,14 @@ pub fn plan(rb: &Rollback, device: &DeviceSpec, observed: &Observed) -> Result<V
             name = format!("{base}.{n}");
             n += 1;
         }
-        actions.push(Action::Rename { from: target.clone(), to: join(&dir, &name) });
-        actions.push(Action::Rename { from: new.clone(), to: target.clone() });
+        actions.push(Action::Rename {
+            from: target.clone(),
+            to: join(&dir, &name),
+        });
+        actions.push(Action::Rename {
+            from: new.clone(),
+            to: target.clone(),
+        });
         let mut archived: Vec<(String, i64)> = existing
             .iter()
             .filter_map(|e| parse_archive_name(e).map(|t| (e.clone(), t)))
@@ -306,8 +375,14 @@ pub fn plan(rb: &Rollback, device: &DeviceSpec, observed: &Observed) -> Result<V
             });
         }
     } else {
-        actions.push(Action::Rename { from: target.clone(), to: old.clone() });
-        actions.push(Action::Rename { from: new.clone(), to: target.clone() });
+        actions.push(Action::Rename {
+            from: target.clone(),
+            to: old.clone(),
+        });
+        actions.push(Action::Rename {
+            from: new.clone(),
+            to: target.clone(),
+        });
         actions.push(Action::Delete {
             path: old,
             why: "the old root".into(),

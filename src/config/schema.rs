@@ -99,7 +99,7 @@ fn default_archive_dir() -> String {
 
 /// "Erase your darlings": what to replace at every boot, with what, and how
 /// careful to be. See docs/design/rollback.md for the state machine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollback {
     /// The subvolume to replace (one of this filesystem's `subvolumes`, usually `/`'s).

@@ -326,11 +326,21 @@ fn check_rollback(config: &Config, f: &mut Findings) {
         if !fs.subvolumes.iter().any(|s| s.subvol_path() == target) {
             error(
                 ".subvolume",
-                format!("`{}` is not one of this filesystem's subvolumes; ember only rolls back a subvolume it mounts", rb.subvolume),
+                format!(
+                    "`{}` is not one of this filesystem's subvolumes; ember only rolls back a subvolume it mounts",
+                    rb.subvolume
+                ),
             );
         }
-        if target.is_empty() || target.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-            error(".subvolume", format!("`{}` must be a normalised subvolume path", rb.subvolume));
+        if target.is_empty()
+            || target
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            error(
+                ".subvolume",
+                format!("`{}` must be a normalised subvolume path", rb.subvolume),
+            );
         }
         // Everything inside the rolled-back subvolume is deleted with it.
         for (j, s) in fs.subvolumes.iter().enumerate() {
@@ -371,28 +381,48 @@ fn check_rollback(config: &Config, f: &mut Findings) {
         }
         if let Some(blank) = &rb.blank_snapshot {
             let blank = blank.trim_matches('/');
-            if blank.is_empty() || subvolume_contains(target, blank) || subvolume_contains(blank, target) {
+            if blank.is_empty()
+                || subvolume_contains(target, blank)
+                || subvolume_contains(blank, target)
+            {
                 error(
                     ".blank_snapshot",
-                    format!("`{blank}` must be a separate subvolume, neither `{target}` nor inside or above it"),
+                    format!(
+                        "`{blank}` must be a separate subvolume, neither `{target}` nor inside or above it"
+                    ),
                 );
             }
         }
         if rb.strategy == super::RollbackStrategy::Archive {
             let dir = rb.archive_dir.trim_matches('/');
-            if dir.is_empty() || subvolume_contains(target, dir) || dir.split('/').any(|c| c == "." || c == "..") {
+            if dir.is_empty()
+                || subvolume_contains(target, dir)
+                || dir.split('/').any(|c| c == "." || c == "..")
+            {
                 error(
                     ".archive_dir",
-                    format!("`{}` must be a normalised path outside `{target}`", rb.archive_dir),
+                    format!(
+                        "`{}` must be a normalised path outside `{target}`",
+                        rb.archive_dir
+                    ),
                 );
             }
             if rb.keep_count == Some(0) {
-                error(".keep_count", "must keep at least 1 archived root (or leave it unset)".into());
+                error(
+                    ".keep_count",
+                    "must keep at least 1 archived root (or leave it unset)".into(),
+                );
             }
         } else if rb.keep_days.is_some() || rb.keep_count.is_some() {
-            error(".keep_days", "keep_days/keep_count only apply to the `archive` strategy".into());
+            error(
+                ".keep_days",
+                "keep_days/keep_count only apply to the `archive` strategy".into(),
+            );
         }
-        let identified = matches!(fs.device, super::DeviceSpec::Uuid(_) | super::DeviceSpec::Label(_));
+        let identified = matches!(
+            fs.device,
+            super::DeviceSpec::Uuid(_) | super::DeviceSpec::Label(_)
+        );
         match &rb.filesystem {
             None if !identified => error(
                 ".filesystem",

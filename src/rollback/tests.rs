@@ -64,7 +64,10 @@ fn nested_target_names_stay_in_their_directory() {
     let mut config = rb(RollbackStrategy::Blank);
     config.subvolume = "/nested/@root/".into();
     let actions = plan(&config, &device(), &healthy()).expect("plans");
-    assert_eq!(show(&actions)[1], "rename nested/@root to nested/@root.ember-old");
+    assert_eq!(
+        show(&actions)[1],
+        "rename nested/@root to nested/@root.ember-old"
+    );
 }
 
 #[test]
@@ -111,9 +114,16 @@ fn archive_creates_its_directory_and_avoids_collisions() {
 #[test]
 fn prune_by_age_against_the_newest_archive() {
     let day = 86_400;
-    let archived = vec![("a".to_string(), 100 * day), ("b".into(), 95 * day), ("c".into(), 80 * day)];
+    let archived = vec![
+        ("a".to_string(), 100 * day),
+        ("b".into(), 95 * day),
+        ("c".into(), 80 * day),
+    ];
     assert_eq!(prune(&archived, Some(10), None), vec!["c".to_string()]);
-    assert_eq!(prune(&archived, None, Some(1)), vec!["b".to_string(), "c".into()]);
+    assert_eq!(
+        prune(&archived, None, Some(1)),
+        vec!["b".to_string(), "c".into()]
+    );
     assert_eq!(prune(&archived, None, None), Vec::<String>::new());
 }
 
@@ -123,8 +133,17 @@ fn archive_names_round_trip_and_reject_foreign_names() {
         assert_eq!(parse_archive_name(&archive_name(t)), Some(t));
     }
     assert_eq!(archive_name(951_782_400), "2000-02-29_00-00-00");
-    assert_eq!(parse_archive_name("2026-11-18_11-06-40.3"), Some(1_795_000_000));
-    for bad in ["2026-11-18", "2026-13-01_00-00-00", "2026-02-30_00-00-00", "x.1", "2026-11-18_11-06-40.x"] {
+    assert_eq!(
+        parse_archive_name("2026-11-18_11-06-40.3"),
+        Some(1_795_000_000)
+    );
+    for bad in [
+        "2026-11-18",
+        "2026-13-01_00-00-00",
+        "2026-02-30_00-00-00",
+        "x.1",
+        "2026-11-18_11-06-40.x",
+    ] {
         assert_eq!(parse_archive_name(bad), None, "{bad}");
     }
 }
@@ -134,22 +153,40 @@ fn guards_refuse_without_actions() {
     let config = rb(RollbackStrategy::Blank);
     let mut o = healthy();
     o.fs_uuid = Some("0000".into());
-    assert!(matches!(plan(&config, &device(), &o), Err(Refusal::WrongFilesystem { .. })));
+    assert!(matches!(
+        plan(&config, &device(), &o),
+        Err(Refusal::WrongFilesystem { .. })
+    ));
     let mut o = healthy();
     o.blank = Entry::Missing;
-    assert_eq!(plan(&config, &device(), &o), Err(Refusal::BlankMissing("root-blank".into())));
+    assert_eq!(
+        plan(&config, &device(), &o),
+        Err(Refusal::BlankMissing("root-blank".into()))
+    );
     let mut o = healthy();
     o.blank = Entry::Subvolume { read_only: false };
-    assert_eq!(plan(&config, &device(), &o), Err(Refusal::BlankWritable("root-blank".into())));
+    assert_eq!(
+        plan(&config, &device(), &o),
+        Err(Refusal::BlankWritable("root-blank".into()))
+    );
     let mut o = healthy();
     o.blank = Entry::NotSubvolume;
-    assert_eq!(plan(&config, &device(), &o), Err(Refusal::BlankNotSubvolume("root-blank".into())));
+    assert_eq!(
+        plan(&config, &device(), &o),
+        Err(Refusal::BlankNotSubvolume("root-blank".into()))
+    );
     let mut o = healthy();
     o.target = Entry::NotSubvolume;
-    assert_eq!(plan(&config, &device(), &o), Err(Refusal::TargetNotSubvolume("root".into())));
+    assert_eq!(
+        plan(&config, &device(), &o),
+        Err(Refusal::TargetNotSubvolume("root".into()))
+    );
     let mut o = healthy();
     o.target = Entry::Missing;
-    assert_eq!(plan(&config, &device(), &o), Err(Refusal::TargetMissing("root".into())));
+    assert_eq!(
+        plan(&config, &device(), &o),
+        Err(Refusal::TargetMissing("root".into()))
+    );
 }
 
 #[test]
@@ -163,7 +200,10 @@ fn label_identity_from_the_device() {
         Err(Refusal::WrongFilesystem { .. })
     ));
     // No identity at all: refuse rather than guess.
-    assert!(matches!(plan(&config, &device(), &healthy()), Err(Refusal::WrongFilesystem { .. })));
+    assert!(matches!(
+        plan(&config, &device(), &healthy()),
+        Err(Refusal::WrongFilesystem { .. })
+    ));
 }
 
 /// Every state a cut between two actions can leave must plan to a
@@ -178,11 +218,15 @@ fn every_cut_point_recovers() {
         for action in &full[..cut] {
             apply(&mut state, action);
         }
-        let next = plan(&config, &device(), &state).unwrap_or_else(|e| panic!("cut after {cut}: refused: {e}"));
+        let next = plan(&config, &device(), &state)
+            .unwrap_or_else(|e| panic!("cut after {cut}: refused: {e}"));
         for action in &next {
             apply(&mut state, action);
         }
-        assert!(matches!(state.target, Entry::Subvolume { read_only: false }), "cut {cut}: {state:?}");
+        assert!(
+            matches!(state.target, Entry::Subvolume { read_only: false }),
+            "cut {cut}: {state:?}"
+        );
         assert_eq!(state.new_tmp, Entry::Missing, "cut {cut}");
         assert_eq!(state.old_tmp, Entry::Missing, "cut {cut}");
     }

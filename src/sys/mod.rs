@@ -4,6 +4,7 @@
 pub mod apifs;
 pub mod beneath;
 pub mod blockdev;
+pub mod btrfs;
 pub mod console;
 pub mod gpt;
 pub mod kmod;
@@ -12,6 +13,8 @@ pub mod luks;
 pub mod mount;
 pub mod persist;
 pub mod power;
+pub mod resume;
+pub mod rollback;
 pub mod secret;
 pub mod switch_root;
 pub mod uevent;
