@@ -67,7 +67,11 @@ pub struct Built {
 /// config names it. Panics if the build fails.
 pub fn build_initrd(a: &Assets, name: &str, config: &str) -> Built {
     let dir = work_dir();
-    let ext = if config.trim_start().starts_with('{') { "json" } else { "toml" };
+    let ext = if config.trim_start().starts_with('{') {
+        "json"
+    } else {
+        "toml"
+    };
     let config_path = dir.join(format!("{name}.{ext}"));
     std::fs::write(&config_path, config).expect("write scenario config");
     let out = dir.join(format!("{name}.initrd.gz"));
@@ -118,3 +122,15 @@ pub fn boot(a: &Assets, name: &str, initrd: &Path, disk: &Path, append: &str) ->
 /// Generous limit for one boot under TCG (about 7 s on an idle machine; CI
 /// runs two at once).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The reference config with a rollback block for the root subvolume.
+pub fn rollback_config(a: &Assets, block: &str) -> String {
+    reference_config(a).replacen(
+        "[[btrfs.subvolumes]]\nsubvolume = \"root\"",
+        &format!("[btrfs.rollback]\n{block}\n\n[[btrfs.subvolumes]]\nsubvolume = \"root\""),
+        1,
+    )
+}
+
+/// The usual block: blank strategy from root-blank on the `nixos` filesystem.
+pub const BLANK_ROLLBACK: &str = "subvolume = \"root\"\nstrategy = \"blank\"\nblank_snapshot = \"root-blank\"\nfilesystem = \"LABEL=nixos\"";

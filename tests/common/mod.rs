@@ -20,6 +20,7 @@
 //! `<target>/vm-tests/`.
 #![allow(dead_code)]
 
+pub mod disk_shell;
 pub mod ember;
 pub mod initramfs;
 pub mod vm;
@@ -36,8 +37,13 @@ use std::time::Duration;
 /// Paths and facts about the cached kernel and reference disk.
 #[derive(Clone, Debug)]
 pub struct Assets {
-    /// `$EMBER_CACHE/kernel/<version>/vmlinuz`
+    /// The kernel to boot: `$EMBER_CACHE/kernel/<version>/vmlinux`, the
+    /// uncompressed ELF that QEMU starts through the PVH entry point (~2.5 s
+    /// faster per boot under TCG than the bzImage, which decompresses itself),
+    /// or `vmlinuz` if there is no vmlinux or `EMBER_VM_BZIMAGE=1` is set.
     pub kernel: PathBuf,
+    /// `$EMBER_CACHE/kernel/<version>/vmlinuz` (the bzImage as Debian ships it).
+    pub kernel_bzimage: PathBuf,
     pub kernel_version: String,
     /// The unpacked `lib/modules/<version>` tree (with modules.dep etc.).
     pub modules_dir: PathBuf,
@@ -198,8 +204,12 @@ fn load_assets() -> Assets {
         .map(PathBuf::from)
         .unwrap_or(kernel_dir);
     let vm_dir = env_path.parent().unwrap().to_path_buf();
+    let vmlinux = kernel_dir.join("vmlinux");
+    let bzimage = kernel_dir.join("vmlinuz");
+    let force_bz = std::env::var("EMBER_VM_BZIMAGE").is_ok_and(|v| v == "1");
     let a = Assets {
-        kernel: kernel_dir.join("vmlinuz"),
+        kernel: if vmlinux.is_file() && !force_bz { vmlinux } else { bzimage.clone() },
+        kernel_bzimage: bzimage,
         modules_dir: kernel_dir.join("modules"),
         modules_root: kernel_dir.join("root"),
         base_disk: env
