@@ -23,13 +23,37 @@ fn blank_rollback_wipes_root_and_nested_subvolumes_only() {
     assert_eq!(before["root-marker"], "present");
     assert_eq!(before["nested"], "present");
 
-    let mut vm = boot(&a, "rollback-blank", &built.initrd, &disk, "checker.phase=1");
+    let mut vm = boot(
+        &a,
+        "rollback-blank",
+        &built.initrd,
+        &disk,
+        "checker.phase=1",
+    );
     vm.wait_exit(BOOT_TIMEOUT).expect("boots to the checker");
     let t = vm.transcript();
-    assert!(t.contains("rollback step 4/4: delete subvolume root.ember-old and everything nested in it"), "{t}");
-    common::assert_checks_passed(&t, &["mount-root", "mount-home", "mount-persist", "bind-machine-id"]);
+    assert!(
+        t.contains(
+            "rollback step 4/4: delete subvolume root.ember-old and everything nested in it"
+        ),
+        "{t}"
+    );
+    common::assert_checks_passed(
+        &t,
+        &[
+            "mount-root",
+            "mount-home",
+            "mount-persist",
+            "bind-machine-id",
+        ],
+    );
 
-    let after = disk_shell::state(&disk_shell::run(&a, "rollback-blank-inspect", &disk, REPORT_STATE));
+    let after = disk_shell::state(&disk_shell::run(
+        &a,
+        "rollback-blank-inspect",
+        &disk,
+        REPORT_STATE,
+    ));
     assert_eq!(after["root-marker"], "absent", "{after:?}");
     assert_eq!(after["nested"], "absent", "{after:?}");
     assert_eq!(after["home-marker"], "present", "{after:?}");

@@ -40,7 +40,16 @@ fn initramfs(a: &Assets, name: &str, script: &str) -> PathBuf {
     let mut ird = Initramfs::new(name);
     ird.modules(
         a,
-        &["virtio_pci", "virtio_blk", "dm_crypt", "xts", "aesni_intel", "af_alg", "algif_skcipher", "btrfs"],
+        &[
+            "virtio_pci",
+            "virtio_blk",
+            "dm_crypt",
+            "xts",
+            "aesni_intel",
+            "af_alg",
+            "algif_skcipher",
+            "btrfs",
+        ],
     );
     ird.binary_with_libs(Path::new("/sbin/cryptsetup"), "/sbin/cryptsetup");
     ird.binary_with_libs(Path::new("/bin/btrfs"), "/sbin/btrfs");
@@ -63,10 +72,17 @@ pub fn run(a: &Assets, name: &str, disk: &Path, script: &str) -> String {
         memory_mb: 768,
         ..VmSpec::new(name)
     });
-    vm.wait_exit(secs(180)).unwrap_or_else(|e| panic!("disk shell {name}: {e}"));
+    vm.wait_exit(secs(180))
+        .unwrap_or_else(|e| panic!("disk shell {name}: {e}"));
     let t = vm.transcript();
-    assert!(t.contains("DISK-SHELL-DONE"), "disk shell {name} failed:\n{t}");
-    let start = t.find("DISK-SHELL-START").map(|i| i + "DISK-SHELL-START".len()).unwrap_or(0);
+    assert!(
+        t.contains("DISK-SHELL-DONE"),
+        "disk shell {name} failed:\n{t}"
+    );
+    let start = t
+        .find("DISK-SHELL-START")
+        .map(|i| i + "DISK-SHELL-START".len())
+        .unwrap_or(0);
     let end = t.find("DISK-SHELL-DONE").unwrap_or(t.len());
     t[start..end].trim().to_string()
 }

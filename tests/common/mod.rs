@@ -208,7 +208,11 @@ fn load_assets() -> Assets {
     let bzimage = kernel_dir.join("vmlinuz");
     let force_bz = std::env::var("EMBER_VM_BZIMAGE").is_ok_and(|v| v == "1");
     let a = Assets {
-        kernel: if vmlinux.is_file() && !force_bz { vmlinux } else { bzimage.clone() },
+        kernel: if vmlinux.is_file() && !force_bz {
+            vmlinux
+        } else {
+            bzimage.clone()
+        },
         kernel_bzimage: bzimage,
         modules_dir: kernel_dir.join("modules"),
         modules_root: kernel_dir.join("root"),
@@ -253,12 +257,10 @@ pub fn module_deps(a: &Assets, names: &[&str]) -> Vec<PathBuf> {
         );
         for line in String::from_utf8_lossy(&o.stdout).lines() {
             let mut w = line.split_whitespace();
-            if w.next() == Some("insmod") {
-                if let Some(p) = w.next() {
-                    let p = PathBuf::from(p);
-                    if !out.contains(&p) {
-                        out.push(p);
-                    }
+            if let (Some("insmod"), Some(p)) = (w.next(), w.next()) {
+                let p = PathBuf::from(p);
+                if !out.contains(&p) {
+                    out.push(p);
                 }
             }
         }

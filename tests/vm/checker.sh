@@ -43,9 +43,9 @@ export PATH=/nix/store/00000000000000000000000000000000-busybox/bin
 passed=0
 failed=0
 ok() { echo "EMBER-CHECK ok $1"; passed=$((passed + 1)); }
-fail() { local n=$1; shift; echo "EMBER-CHECK fail $n $*"; failed=$((failed + 1)); }
+fail() { local n="$1"; shift; echo "EMBER-CHECK fail $n $*"; failed=$((failed + 1)); }
 check() { # check NAME DETAIL-IF-FAILING COMMAND...
-  local n=$1 d=$2
+  local n="$1" d="$2"
   shift 2
   if "$@"; then ok "$n"; else fail "$n" "$d"; fi
 }
@@ -105,7 +105,7 @@ has_opt() { # has_opt OPTLIST OPT-REGEX
 }
 
 check_subvol_mount() { # NAME MOUNTPOINT SUBVOL-PATH
-  local name=$1 mp=$2 sv=$3 line problems
+  local name="$1" mp="$2" sv="$3" line problems
   line=$(mi_line "$mp")
   if [ -z "$line" ]; then fail "$name" "$mp not mounted"; return; fi
   mi_parse "$line"
@@ -123,7 +123,7 @@ check_subvol_mount mount-persist /persist /persist
 check_subvol_mount mount-var-log /var/log /log
 
 check_bind() { # NAME MOUNTPOINT ROOT-IN-FS
-  local name=$1 mp=$2 want=$3 line
+  local name="$1" mp="$2" want="$3" line
   line=$(mi_line "$mp")
   if [ -z "$line" ]; then fail "$name" "$mp not mounted"; return; fi
   mi_parse "$line"
