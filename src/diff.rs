@@ -68,21 +68,15 @@ fn at_or_below(path: &str, base: &str) -> bool {
     if base == "/" {
         return true;
     }
-    path == base
-        || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
+    path == base || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
 }
 
 /// Path order by components, so a directory comes right before its contents
 /// (`/etc`, `/etc/a`, `/etc-old`; plain string order would put `/etc-old`
 /// between `/etc` and `/etc/a`).
 fn path_order(a: &str, b: &str) -> Ordering {
-    let components = |p: &str| {
-        p.split('/')
-            .filter(|c| !c.is_empty())
-            .map(str::as_bytes)
-            .collect::<Vec<_>>()
-    };
-    components(a).cmp(&components(b))
+    let components = |p| str::split(p, '/').filter(|c: &&str| !c.is_empty());
+    components(a).cmp(components(b))
 }
 
 /// What is left of `changes` once everything the rollback does not destroy
@@ -112,9 +106,7 @@ pub fn filter_and_sort(changes: Vec<Change>, kept: &[AbsPath]) -> Vec<Change> {
             !(above_kept && c.kind != ChangeKind::Subvolume)
         })
         .collect();
-    out.sort_by(|a, b| {
-        path_order(&a.path, &b.path).then_with(|| rank(a.kind).cmp(&rank(b.kind)))
-    });
+    out.sort_by(|a, b| path_order(&a.path, &b.path).then_with(|| rank(a.kind).cmp(&rank(b.kind))));
     out.dedup_by(|later, first| later.path == first.path);
     out
 }
@@ -175,7 +167,9 @@ pub fn render_text(changes: &[Change]) -> String {
     }
     let n = counts(changes);
     if changes.is_empty() {
-        out.push_str("nothing to lose: the root matches the blank snapshot outside persisted paths\n");
+        out.push_str(
+            "nothing to lose: the root matches the blank snapshot outside persisted paths\n",
+        );
     } else {
         let _ = writeln!(
             out,

@@ -5,6 +5,7 @@
 
 pub mod cmdline;
 pub mod config;
+pub mod diff;
 pub mod modules;
 pub mod plan;
 pub mod rollback;

@@ -176,6 +176,33 @@ fn write(path: &Path, text: &str) {
     fs::write(path, text).unwrap();
 }
 
+/// A directory chain deeper than `BTRFS_IOC_INO_LOOKUP`'s 4080-byte path
+/// limit, made (or opened) one component at a time below `base`.
+const DEEP: usize = 18;
+
+fn deep_name() -> String {
+    "d".repeat(240)
+}
+
+fn deep_dir(base: &Path) -> std::os::fd::OwnedFd {
+    use rustix::fs::{Mode, OFlags, mkdirat, open, openat};
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+    let mut fd = open(base, flags, Mode::empty()).unwrap();
+    for _ in 0..DEEP {
+        let _ = mkdirat(&fd, deep_name().as_str(), Mode::from_raw_mode(0o755));
+        fd = openat(&fd, deep_name().as_str(), flags, Mode::empty()).unwrap();
+    }
+    fd
+}
+
+fn append_deep(base: &Path, text: &str) {
+    use rustix::fs::{Mode, OFlags, openat};
+    let dir = deep_dir(base);
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND | OFlags::CLOEXEC;
+    let file = openat(&dir, "deep", flags, Mode::from_raw_mode(0o644)).unwrap();
+    rustix::io::write(&file, text.as_bytes()).unwrap();
+}
+
 fn kept(paths: &[&str]) -> Vec<AbsPath> {
     paths.iter().map(|p| AbsPath::parse(p).unwrap()).collect()
 }
@@ -208,9 +235,14 @@ fn diff_lists_what_the_next_boot_destroys() {
             ] {
                 write(&blank.join("etc").join(f), f);
             }
-            for i in 0..50 {
+            // The deep chain's directories, then enough inodes to put the
+            // file at its bottom in another leaf: resolving its parent then
+            // needs INO_LOOKUP, which refuses paths this long.
+            deep_dir(blank);
+            for i in 0..2000 {
                 write(&blank.join(format!("usr/share/doc/f{i}")), "doc");
             }
+            append_deep(blank, "deep");
             for d in ["var/lib/keep", "srv", "home", "persist"] {
                 fs::create_dir_all(blank.join(d)).unwrap();
             }
@@ -246,9 +278,10 @@ fn diff_lists_what_the_next_boot_destroys() {
         .unwrap();
     fs::set_permissions(etc.join("chmodme"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::read(etc.join("readonly")).unwrap();
-    for e in fs::read_dir(mnt.join("usr/share/doc")).unwrap() {
-        fs::read(e.unwrap().path()).unwrap();
+    for i in 0..50 {
+        fs::read(mnt.join(format!("usr/share/doc/f{i}"))).unwrap();
     }
+    append_deep(&mnt, " and deeper");
     fs::rename(etc.join("old-name"), etc.join("new-name")).unwrap();
     fs::remove_file(etc.join("deleteme")).unwrap();
     fs::hard_link(etc.join("new.conf"), mnt.join("var/new-link")).unwrap();
@@ -273,10 +306,15 @@ fn diff_lists_what_the_next_boot_destroys() {
         scan.stats
     );
 
+    assert!(scan.stats.dir_lookups > 0, "{:?}", scan.stats);
+    let deep = format!("/{}/deep", vec![deep_name(); DEEP].join("/"));
+    assert!(deep.len() > 4080);
+
     // Everything that differs from the blank in the root's own tree.
     assert_eq!(
         listing(&filter_and_sort(scan.changes.clone(), &[])),
         [
+            &format!("modified {deep}"),
             "modified /etc/",
             "modified /etc/chmodme",
             "modified /etc/hosts",
@@ -311,7 +349,9 @@ fn diff_lists_what_the_next_boot_destroys() {
     let destroyed = filter_and_sort(scan.changes, &keep);
     assert_eq!(
         render_text(&destroyed),
-        "\
+        format!(
+            "\
+modified  {deep}
 modified  /etc/chmodme
 modified  /etc/hosts
 created   /etc/link
@@ -325,12 +365,13 @@ created   /var/cache/app/bad\\xffname
 created   /var/cache/app/sub/
 created   /var/cache/app/sub/file
 created   /var/new-link
-13 paths the next boot will destroy: 8 created, 4 modified, 1 subvolume
+14 paths the next boot will destroy: 8 created, 5 modified, 1 subvolume
 "
+        )
     );
     let json: serde_json::Value = serde_json::from_str(&render_json(&destroyed)).unwrap();
-    assert_eq!(json["changes"][6]["kind"], "subvolume");
-    assert_eq!(json["changes"][6]["path"], "/srv/nested");
+    assert_eq!(json["changes"][7]["kind"], "subvolume");
+    assert_eq!(json["changes"][7]["path"], "/srv/nested");
     assert_eq!(json["counts"]["created"], 8);
 
     // The same through the top-level path of the root subvolume.

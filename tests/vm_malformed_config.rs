@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::ember::{BOOT_TIMEOUT, boot, build_initrd, reference_config};
+use common::ember::{BOOT_TIMEOUT, boot, build_initrd, reference_config, with_config_override};
 
 #[test]
 fn malformed_config_is_refused_before_anything_is_touched() {
@@ -13,19 +13,7 @@ fn malformed_config_is_refused_before_anything_is_touched() {
     let built = build_initrd(&a, "malformed-config", &reference_config(&a));
     let bad =
         r#"{"luks":[{"name":"cryptroot","device":"LABEL=luks","allow_discard":true}],"btrfs":[]}"#;
-    let mut overlay = common::Initramfs::new("malformed-config-override");
-    overlay.bytes("etc/ember/config.json", bad.as_bytes(), 0o644);
-    let override_cpio = overlay.build();
-
-    // The kernel unpacks concatenated archives in order; later entries win.
-    // An uncompressed archive must start 4-byte aligned.
-    let mut image = std::fs::read(&built.initrd).expect("read initrd");
-    while image.len() % 4 != 0 {
-        image.push(0);
-    }
-    image.extend(std::fs::read(&override_cpio).expect("read override"));
-    let initrd = common::work_dir().join("malformed-config.combined.cpio");
-    std::fs::write(&initrd, image).expect("write combined initrd");
+    let initrd = with_config_override(&built.initrd, "malformed-config", bad);
 
     let disk = common::overlay(&a.base_disk, "malformed-config");
     let mut vm = boot(&a, "malformed-config", &initrd, &disk, "checker.phase=1");

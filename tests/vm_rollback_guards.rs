@@ -8,7 +8,9 @@
 mod common;
 
 use common::disk_shell::{self, PLANT_MARKERS, REPORT_STATE};
-use common::ember::{BLANK_ROLLBACK, BOOT_TIMEOUT, boot, build_initrd, rollback_config};
+use common::ember::{
+    BLANK_ROLLBACK, BOOT_TIMEOUT, boot, build_initrd, rollback_config, with_config_override,
+};
 
 fn assert_refused_and_booted(name: &str, config: &str, prepare: &str, expected: &str) {
     let a = common::assets();
@@ -92,11 +94,6 @@ fn persist_inside_the_rolled_back_subvolume() {
         &a,
         &BLANK_ROLLBACK.replace("subvolume = \"root\"", "subvolume = \"persist\""),
     );
-    let err = std::process::Command::new(common::ember::initrd_builder())
-        .args(["--help"])
-        .output()
-        .expect("builder runs");
-    assert!(err.status.success());
     let name = "guard-persist-inside";
     let good = build_initrd(&a, name, &rollback_config(&a, BLANK_ROLLBACK));
     let config_json = {
@@ -119,15 +116,7 @@ fn persist_inside_the_rolled_back_subvolume() {
         );
         toml_to_json(&bad)
     };
-    let mut overlay = common::Initramfs::new(&format!("{name}-override"));
-    overlay.bytes("etc/ember/config.json", config_json.as_bytes(), 0o644);
-    let mut image = std::fs::read(&good.initrd).expect("read");
-    while image.len() % 4 != 0 {
-        image.push(0);
-    }
-    image.extend(std::fs::read(overlay.build()).expect("read override"));
-    let initrd = common::work_dir().join(format!("{name}.combined.cpio"));
-    std::fs::write(&initrd, image).expect("write");
+    let initrd = with_config_override(&good.initrd, name, &config_json);
 
     let disk = common::overlay(&a.base_disk, name);
     disk_shell::run(&a, &format!("{name}-plant"), &disk, PLANT_MARKERS);

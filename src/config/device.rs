@@ -34,6 +34,8 @@ pub enum DeviceSpecError {
     Unrecognised(String),
     #[error("`{0}` must be a path under /dev/ without `..`")]
     BadPath(String),
+    #[error("device name contains a NUL byte, which no device name or tag can hold")]
+    Nul,
 }
 
 impl DeviceSpec {
@@ -41,6 +43,11 @@ impl DeviceSpec {
         let text = text.trim();
         if text.is_empty() {
             return Err(DeviceSpecError::Empty);
+        }
+        // Paths go to open(2) and tags are compared with C strings from
+        // libblkid: with a NUL, the device could never be found.
+        if text.contains('\0') {
+            return Err(DeviceSpecError::Nul);
         }
         for (prefix, make) in [
             ("LABEL=", DeviceSpec::Label as fn(String) -> DeviceSpec),
@@ -171,6 +178,16 @@ mod tests {
             DeviceSpec::parse("/dev/../etc/passwd"),
             Err(DeviceSpecError::BadPath(_))
         ));
+    }
+
+    #[test]
+    fn rejects_nul_found_by_fuzzing() {
+        // cargo fuzz config_toml: `device = "/dev/\u0000c/rpytroot"` validated.
+        assert_eq!(
+            DeviceSpec::parse("/dev/\0c/rpytroot"),
+            Err(DeviceSpecError::Nul)
+        );
+        assert_eq!(DeviceSpec::parse("LABEL=a\0b"), Err(DeviceSpecError::Nul));
     }
 
     #[test]

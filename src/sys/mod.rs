@@ -5,6 +5,7 @@ pub mod apifs;
 pub mod beneath;
 pub mod blockdev;
 pub mod btrfs;
+pub mod btrfs_tree;
 pub mod console;
 pub mod gpt;
 pub mod kmod;

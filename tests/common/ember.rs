@@ -134,3 +134,20 @@ pub fn rollback_config(a: &Assets, block: &str) -> String {
 
 /// The usual block: blank strategy from root-blank on the `nixos` filesystem.
 pub const BLANK_ROLLBACK: &str = "subvolume = \"root\"\nstrategy = \"blank\"\nblank_snapshot = \"root-blank\"\nfilesystem = \"LABEL=nixos\"";
+
+/// Appends a second archive that replaces /etc/ember/config.json: how a
+/// test gets a config the builder would refuse into an initrd. The kernel
+/// unpacks concatenated archives in order (later entries win); an
+/// uncompressed archive must start 4-byte aligned.
+pub fn with_config_override(initrd: &Path, name: &str, config_json: &str) -> PathBuf {
+    let mut overlay = super::Initramfs::new(&format!("{name}-override"));
+    overlay.bytes("etc/ember/config.json", config_json.as_bytes(), 0o644);
+    let mut image = std::fs::read(initrd).expect("read initrd");
+    while !image.len().is_multiple_of(4) {
+        image.push(0);
+    }
+    image.extend(std::fs::read(overlay.build()).expect("read override archive"));
+    let out = work_dir().join(format!("{name}.combined.cpio"));
+    std::fs::write(&out, image).expect("write combined initrd");
+    out
+}
