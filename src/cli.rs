@@ -20,6 +20,7 @@ commands:
   rollback       roll the configured subvolume back (--dry-run: only print)
   mount          mount the configured subvolumes under the new root
   persist        bind the persisted paths into the new root
+  diff           list what the next rollback will destroy (--json)
   version        print the version
   help           print this help
 
@@ -67,6 +68,7 @@ pub fn main() -> i32 {
             "Binds the persisted files and directories from their persist roots into\nthe new root (--sysroot, default /sysroot). Symlinks are refused; entries\nalready bound are left alone.",
             &[Phase::Persist],
         ),
+        Some("diff") => crate::diff_cmd::run(rest),
         Some("version" | "--version") => {
             println!("ember {}", env!("CARGO_PKG_VERSION"));
             0

@@ -1,6 +1,7 @@
 //! The `ember` command: `/init` in the initrd, and a tool in the rescue shell.
 
 mod cli;
+mod diff_cmd;
 
 fn main() {
     std::process::exit(cli::main());

@@ -193,6 +193,20 @@ fn luks_names_and_mount_options() {
 }
 
 #[test]
+fn mount_option_with_nul_found_by_fuzzing() {
+    // cargo fuzz config_toml: the kernel would get the options cut short
+    // (or refuse them) only at boot.
+    let text = REFERENCE.replace("\"noatime\"", "\"compress=zst\\u0000oatime\"");
+    assert!(
+        errors_of(&text)
+            .iter()
+            .any(|e| e.starts_with("btrfs[0].options[1]: `compress=zst\\0oatime` contains NUL")),
+        "{:?}",
+        errors_of(&text)
+    );
+}
+
+#[test]
 fn syntax_errors_are_reported_with_origin() {
     let err = check_str("[[luks]\nname=", Syntax::Toml, "broken.toml")
         .expect_err("rejected")

@@ -217,6 +217,14 @@ fn check_mount_options(findings: &mut Findings, field: &str, options: &[String])
                 field,
                 format!("`{opt}` holds several options; give one per list entry"),
             );
+        } else if opt.contains('\0') {
+            findings.error(
+                field,
+                format!(
+                    "`{}` contains NUL, which mount options cannot carry",
+                    opt.escape_debug()
+                ),
+            );
         } else if opt.starts_with("subvol=") || opt.starts_with("subvolid=") {
             findings.error(field, format!("`{opt}`: use the `subvolume` field instead"));
         }

@@ -36,8 +36,11 @@ echo DISK-SHELL-DONE
 poweroff -f
 "#;
 
-fn initramfs(a: &Assets, name: &str, script: &str) -> PathBuf {
+fn initramfs(a: &Assets, name: &str, script: &str, files: &[(&Path, &str)]) -> PathBuf {
     let mut ird = Initramfs::new(name);
+    for (src, dest) in files {
+        ird.file(dest, src, 0o755);
+    }
     ird.modules(
         a,
         &[
@@ -63,7 +66,18 @@ fn initramfs(a: &Assets, name: &str, script: &str) -> PathBuf {
 /// `cryptsetup` on PATH) against `disk` and returns what it printed between
 /// start and end. Panics, with the transcript, if anything fails.
 pub fn run(a: &Assets, name: &str, disk: &Path, script: &str) -> String {
-    let initrd = initramfs(a, name, script);
+    run_with(a, name, disk, script, &[])
+}
+
+/// Like [`run`], with extra host files copied in (`(source, destination)`).
+pub fn run_with(
+    a: &Assets,
+    name: &str,
+    disk: &Path,
+    script: &str,
+    files: &[(&Path, &str)],
+) -> String {
+    let initrd = initramfs(a, name, script, files);
     let mut vm = Vm::boot(VmSpec {
         kernel: a.kernel.clone(),
         initrd,
