@@ -14,19 +14,15 @@ use crate::modules::{MANIFEST_PATH, ModuleManifest};
 use crate::plan::{self, Discovered, KeySource, Phase, Plan, SYSROOT, Step};
 use crate::sys::blockdev::{Devices, Missing};
 use crate::sys::kmod::{self, KmodError};
-use crate::sys::luks::{self, LuksError};
+use crate::sys::luks;
 use crate::sys::mount::{self, MountError, Mounted};
 use crate::sys::persist::{self, BindOutcome};
 use crate::sys::rollback::{self as rollback_run, Outcome};
-use crate::sys::secret::Secret;
 use crate::sys::switch_root::{self, SwitchRootError};
-use crate::sys::{apifs, console, power};
+use crate::sys::{apifs, power};
 
 /// Where the initrd builder puts the resolved config.
 pub const CONFIG_PATHS: [&str; 2] = ["/etc/ember/config.json", "/etc/ember/config.toml"];
-
-/// Largest keyfile accepted (cryptsetup's default limit).
-const MAX_KEYFILE: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -47,26 +43,8 @@ pub enum BootError {
     DeviceTimeout(Missing),
     #[error("{field}: device {device} vanished before it could be used")]
     DeviceGone { field: String, device: String },
-    #[error("{field}: {source}")]
-    Unlock { field: String, source: LuksError },
-    #[error("{field}: cannot read keyfile {path}: {reason}")]
-    Keyfile {
-        field: String,
-        path: String,
-        reason: String,
-    },
-    #[error("{field}: {device} was not unlocked: {tries} wrong passphrase(s)")]
-    PassphraseExhausted {
-        field: String,
-        device: String,
-        tries: u32,
-    },
-    #[error("{field}: cannot ask for the passphrase of {name}: {reason}")]
-    NoTerminal {
-        field: String,
-        name: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Unlock(#[from] crate::unlock::UnlockError),
     #[error("{field}: cannot mount subvolume `{subvolume}` of {device} at {target}: {source}")]
     Mount {
         field: String,
@@ -470,67 +448,14 @@ impl Executor {
                 device: device.to_string(),
             })?;
         let t = Instant::now();
-        match key {
-            KeySource::Keyfile(keyfile) => {
-                let secret =
-                    read_keyfile(keyfile.as_str()).map_err(|reason| BootError::Keyfile {
-                        field: field.to_string(),
-                        path: keyfile.to_string(),
-                        reason,
-                    })?;
-                luks::open(&path, name, secret.expose(), allow_discards).map_err(|source| {
-                    BootError::Unlock {
-                        field: field.to_string(),
-                        source,
-                    }
-                })?;
-            }
-            KeySource::Passphrase { tries } => {
-                let no_tty = |reason: String| BootError::NoTerminal {
-                    field: field.to_string(),
-                    name: name.to_string(),
-                    reason,
-                };
-                let mut tty = console::open_terminal().map_err(|e| no_tty(e.to_string()))?;
-                let mut opened = false;
-                for attempt in 1..=*tries {
-                    let prompt = format!("Passphrase for {name} ({device} on {path}): ");
-                    let secret = match console::read_passphrase(&mut tty, &prompt) {
-                        Ok(Some(s)) => s,
-                        Ok(None) => return Err(no_tty("the console closed (end of input)".into())),
-                        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                            log::warn!("{name}: {e} (attempt {attempt} of {tries})");
-                            continue;
-                        }
-                        Err(e) => return Err(no_tty(e.to_string())),
-                    };
-                    match luks::open(&path, name, secret.expose(), allow_discards) {
-                        Ok(()) => {
-                            opened = true;
-                            break;
-                        }
-                        Err(LuksError::WrongKey { .. }) => {
-                            log::warn!(
-                                "wrong passphrase for {name} (attempt {attempt} of {tries})"
-                            );
-                        }
-                        Err(source) => {
-                            return Err(BootError::Unlock {
-                                field: field.to_string(),
-                                source,
-                            });
-                        }
-                    }
-                }
-                if !opened {
-                    return Err(BootError::PassphraseExhausted {
-                        field: field.to_string(),
-                        device: device.to_string(),
-                        tries: *tries,
-                    });
-                }
-            }
-        }
+        crate::unlock::open_volume(&crate::unlock::Volume {
+            field,
+            device,
+            path: &path,
+            name,
+            key,
+            allow_discards,
+        })?;
         log::info!(
             "unlocked {device} ({path}) as /dev/mapper/{name} in {}ms",
             t.elapsed().as_millis()
@@ -550,20 +475,6 @@ fn resume_by_number(spec: &str) -> Option<String> {
         .lines()
         .find_map(|l| l.strip_prefix("DEVNAME="))
         .map(|n| format!("/dev/{n}"))
-}
-
-fn read_keyfile(path: &str) -> Result<Secret, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let size = file.metadata().map_err(|e| e.to_string())?.len();
-    if size == 0 {
-        return Err("the keyfile is empty".into());
-    }
-    if size > MAX_KEYFILE {
-        return Err(format!("the keyfile is larger than {MAX_KEYFILE} bytes"));
-    }
-    let mut secret = Secret::with_capacity(size as usize);
-    secret.fill_from(&mut file).map_err(|e| e.to_string())?;
-    Ok(secret)
 }
 
 /// Loads config and manifest and makes the plan; mounts the API

@@ -9,6 +9,8 @@ pub mod diff;
 pub mod modules;
 pub mod plan;
 pub mod rollback;
+#[cfg(feature = "agent")]
+pub mod unlock;
 
 #[cfg(feature = "agent")]
 pub mod boot;
