@@ -16,7 +16,7 @@ use crate::sys::blockdev::{Devices, Missing};
 use crate::sys::kmod::{self, KmodError};
 use crate::sys::luks;
 use crate::sys::mount::{self, MountError, Mounted};
-use crate::sys::persist::{self, BindOutcome};
+use crate::sys::persist::{self, Outcome as PersistOutcome};
 use crate::sys::rollback::{self as rollback_run, Outcome};
 use crate::sys::switch_root::{self, SwitchRootError};
 use crate::sys::{apifs, power};
@@ -154,6 +154,8 @@ struct Executor {
     as_init: bool,
     /// Where the new root is assembled (`/sysroot`; `/mnt-root` in NixOS's scripted stage 1).
     sysroot: String,
+    /// `ember persist --dry-run`: report each entry's state, change nothing.
+    persist_dry_run: bool,
 }
 
 impl Executor {
@@ -268,6 +270,7 @@ impl Executor {
             rollback_blocked: None,
             as_init,
             sysroot: sysroot.to_string(),
+            persist_dry_run: false,
         }
     }
 
@@ -384,19 +387,31 @@ impl Executor {
                     }),
                 }
             }
-            Step::BindPersisted {
-                field,
-                source,
-                target,
-                root,
-                kind,
-            } => {
-                match persist::bind(&self.sysroot, root, target, *kind) {
-                    Ok(BindOutcome::Bound) => {
-                        log::info!("persisted {} {target} from {source}", kind.as_str())
+            Step::Persist(entry) => {
+                let (field, target) = (&entry.field, &entry.path);
+                let source = entry.root.join(entry.path.as_str());
+                let kind = entry.kind.as_str();
+                if self.persist_dry_run {
+                    let state = persist::inspect(&self.sysroot, entry);
+                    println!(
+                        "{field}: {kind} {source} -> {target} ({}): {state}",
+                        entry.method.as_str()
+                    );
+                    if matches!(state, persist::State::Refused(_)) {
+                        self.refused += 1;
                     }
-                    Ok(BindOutcome::AlreadyBound) => {
+                    return Ok(());
+                }
+                match persist::apply(&self.sysroot, entry) {
+                    Ok(PersistOutcome::Bound) => {
+                        log::info!("persisted {kind} {target} from {source}")
+                    }
+                    Ok(PersistOutcome::Linked) => log::info!("linked {kind} {target} to {source}"),
+                    Ok(PersistOutcome::AlreadyBound) => {
                         log::info!("{target} is already bound from {source}")
+                    }
+                    Ok(PersistOutcome::AlreadyLinked) => {
+                        log::info!("{target} already links to {source}")
                     }
                     // One refused entry must not stop the boot: skip it, loudly.
                     Err(e) => {
@@ -564,6 +579,8 @@ pub struct PhaseRun<'a> {
     pub sysroot: &'a str,
     /// Overrides `ember.rollback=` (for `ember rollback --dry-run`).
     pub rollback_dry_run: bool,
+    /// `ember persist --dry-run`.
+    pub persist_dry_run: bool,
 }
 
 /// Returns how many steps ran and how many persisted entries were refused.
@@ -589,6 +606,7 @@ pub fn run_phases(run: &PhaseRun<'_>) -> Result<(usize, usize), BootError> {
         log::warn!("{w}");
     }
     let mut exec = Executor::new(false, run.sysroot, Vec::new());
+    exec.persist_dry_run = run.persist_dry_run;
     let mut ran = 0;
     for step in plan
         .steps

@@ -65,7 +65,7 @@ pub fn main() -> i32 {
         Some("persist") => phases(
             rest,
             "persist",
-            "Binds the persisted files and directories from their persist roots into\nthe new root (--sysroot, default /sysroot). Symlinks are refused; entries\nalready bound are left alone.",
+            "Binds (or links) the persisted files and directories from their persist\nroots into the new root (--sysroot, default /sysroot), creating what is\nmissing with the configured owner and mode. Symlinks planted where a file or\ndirectory is expected are refused; entries already in place are left alone.\n--dry-run prints each entry's source, target, method and state (mounted,\nlinked, missing, refused and why) and changes nothing; exit 1 if any entry\nis refused.",
             &[Phase::Persist],
         ),
         Some("diff") => crate::diff_cmd::run(rest),
@@ -116,9 +116,9 @@ fn phases(args: &[String], name: &str, about: &str, phases: &[Phase]) -> i32 {
                 Some(v) => sysroot = v.clone(),
                 None => return usage_error("--sysroot needs a path"),
             },
-            "--dry-run" if name == "rollback" => dry_run = true,
+            "--dry-run" if name == "rollback" || name == "persist" => dry_run = true,
             "--help" | "-h" => {
-                let extra = if name == "rollback" {
+                let extra = if name == "rollback" || name == "persist" {
                     " [--dry-run]"
                 } else {
                     ""
@@ -135,7 +135,8 @@ fn phases(args: &[String], name: &str, about: &str, phases: &[Phase]) -> i32 {
         phases,
         config: config.as_deref(),
         sysroot: &sysroot,
-        rollback_dry_run: dry_run,
+        rollback_dry_run: dry_run && name == "rollback",
+        persist_dry_run: dry_run && name == "persist",
     };
     match boot::run_phases(&run) {
         Ok((_, 0)) => 0,

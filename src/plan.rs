@@ -7,8 +7,8 @@ use std::fmt;
 use crate::cmdline::{KernelCmdline, RollbackSwitch};
 use crate::config::validate::{self, MountRef};
 use crate::config::{
-    AbsPath, Config, DeviceSpec, EntryKind, FailurePolicy, FieldIssue, GuardPolicy,
-    PersistDisposition, Rollback, RollbackStrategy,
+    AbsPath, Config, DeviceSpec, EntryKind, FailurePolicy, FieldIssue, GuardPolicy, Method,
+    PersistDisposition, PersistEntry, Rollback, RollbackStrategy,
 };
 
 /// Where the new root is assembled inside the initrd.
@@ -73,14 +73,8 @@ pub enum Step {
         mount_point: AbsPath,
         options: Vec<String>,
     },
-    /// Bind-mount a persisted file or directory from its persist root.
-    BindPersisted {
-        field: String,
-        source: AbsPath,
-        target: AbsPath,
-        root: AbsPath,
-        kind: EntryKind,
-    },
+    /// Put a persisted file or directory in place (bind mount or symlink).
+    Persist(Box<PersistEntry>),
     /// Move the API filesystems, make /sysroot the root, exec init.
     SwitchRoot { init: AbsPath },
 }
@@ -244,13 +238,7 @@ pub fn plan(config: &Config, cmdline: &KernelCmdline, discovered: &Discovered) -
         .collect();
     binds.sort_by_key(|e| e.path.depth());
     for e in binds {
-        steps.push(Step::BindPersisted {
-            source: e.root.join(e.path.as_str()),
-            target: e.path.clone(),
-            root: e.root.clone(),
-            kind: e.kind,
-            field: e.field,
-        });
+        steps.push(Step::Persist(Box::new(e)));
     }
 
     steps.push(Step::SwitchRoot {
@@ -275,7 +263,7 @@ impl Step {
                 Phase::Rollback
             }
             Step::MountSubvolume { .. } => Phase::Mount,
-            Step::BindPersisted { .. } => Phase::Persist,
+            Step::Persist(_) => Phase::Persist,
             Step::SwitchRoot { .. } => Phase::SwitchRoot,
         }
     }
@@ -430,18 +418,37 @@ impl fmt::Display for Step {
                 }
                 Ok(())
             }
-            Step::BindPersisted {
-                source,
-                target,
-                kind,
-                ..
-            } => write!(
-                f,
-                "bind {} {} -> {}",
-                kind.as_str(),
-                source.under(SYSROOT),
-                target.under(SYSROOT)
-            ),
+            Step::Persist(e) => {
+                let source = e.root.join(e.path.as_str()).under(SYSROOT);
+                let target = e.path.under(SYSROOT);
+                match e.method {
+                    Method::Bind => write!(f, "bind {} {source} -> {target}", e.kind.as_str())?,
+                    Method::Symlink => write!(
+                        f,
+                        "link {} {target} -> {}",
+                        e.kind.as_str(),
+                        e.root.join(e.path.as_str())
+                    )?,
+                }
+                let mut notes = Vec::new();
+                if !e.options.is_empty() {
+                    notes.push(e.options.join(","));
+                }
+                let default_mode = match e.kind {
+                    EntryKind::File => 0o644,
+                    EntryKind::Directory => 0o755,
+                };
+                if e.attr.uid != 0 || e.attr.gid != 0 || e.attr.mode != default_mode {
+                    notes.push(format!(
+                        "created as {}:{} {:04o}",
+                        e.attr.uid, e.attr.gid, e.attr.mode
+                    ));
+                }
+                if !notes.is_empty() {
+                    write!(f, " ({})", notes.join("; "))?;
+                }
+                Ok(())
+            }
             Step::SwitchRoot { init } => write!(f, "switch root to {SYSROOT} and exec {init}"),
         }
     }
@@ -581,9 +588,11 @@ mod tests {
     #[test]
     fn var_log_is_never_bound_over_its_subvolume() {
         let p = plan(&reference(), &KernelCmdline::default(), &discovered());
-        assert!(!p.steps.iter().any(
-            |s| matches!(s, Step::BindPersisted { target, .. } if target.as_str() == "/var/log")
-        ));
+        assert!(
+            !p.steps
+                .iter()
+                .any(|s| matches!(s, Step::Persist(e) if e.path.as_str() == "/var/log"))
+        );
     }
 
     #[test]

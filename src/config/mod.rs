@@ -3,6 +3,7 @@
 
 pub mod abspath;
 pub mod device;
+pub mod persist;
 pub mod schema;
 pub mod validate;
 
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use abspath::AbsPath;
 pub use device::DeviceSpec;
+pub use persist::{Attr, Method, PersistItem, PersistUser};
 pub use schema::*;
 pub use validate::{EntryKind, FieldIssue, Findings, PersistDisposition, PersistEntry};
 

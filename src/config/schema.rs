@@ -5,8 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use super::abspath::AbsPath;
 use super::device::DeviceSpec;
+use super::persist::{PersistItem, PersistUser};
 
 fn default_init() -> AbsPath {
     AbsPath::parse("/sbin/init").expect("constant path is valid")
@@ -169,12 +172,19 @@ pub struct PersistRoot {
     /// Where the persistent copy lives in the new root (`/persist`); must be
     /// on a subvolume of its own, never on the root subvolume.
     pub root: AbsPath,
-    /// Files bind-mounted from `<root><path>` to `<path>`.
+    /// Mount options for every bind from this root (`x-gvfs-hide`, `nosuid`, ...).
     #[serde(default)]
-    pub files: Vec<AbsPath>,
-    /// Directories bind-mounted from `<root><path>` to `<path>`.
+    pub options: Vec<String>,
+    /// Files persisted from `<root><path>` to `<path>`: a path, or a table
+    /// `{ path, user, group, mode, method, options }`.
     #[serde(default)]
-    pub directories: Vec<AbsPath>,
+    pub files: Vec<PersistItem>,
+    /// Directories, likewise.
+    #[serde(default)]
+    pub directories: Vec<PersistItem>,
+    /// Per-user entries, relative to each user's home.
+    #[serde(default)]
+    pub users: BTreeMap<String, PersistUser>,
 }
 
 impl Subvolume {

@@ -207,6 +207,36 @@ fn mount_option_with_nul_found_by_fuzzing() {
 }
 
 #[test]
+fn rollback_paths_with_nul_found_by_fuzzing() {
+    // cargo fuzz config_toml: a blank snapshot (or archive directory) name
+    // with a NUL validated; it could only fail at boot, mid-rollback.
+    let with = |rollback: &str| {
+        REFERENCE.replace(
+            "options = [\"compress=zstd\", \"noatime\"]\n",
+            &format!(
+                "options = [\"compress=zstd\", \"noatime\"]\n\n[btrfs.rollback]\nsubvolume = \"root\"\nfilesystem = \"LABEL=nixos\"\n{rollback}\n"
+            ),
+        )
+    };
+    let blank = "strategy = \"blank\"\nblank_snapshot = \"root-blank\"";
+    check_str(&with(blank), Syntax::Toml, "t").expect("valid rollback");
+    let errs = errors_of(&with(&blank.replace("root-blank", "root\\u0000blank")));
+    assert!(
+        errs.iter().any(|e| e
+            .starts_with("btrfs[0].rollback.blank_snapshot: `root\\0blank` contains NUL")),
+        "{errs:?}"
+    );
+    let errs = errors_of(&with(
+        "strategy = \"archive\"\narchive_dir = \"old\\u0000roots\"",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("btrfs[0].rollback.archive_dir: `old\\0roots` contains NUL")),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn syntax_errors_are_reported_with_origin() {
     let err = check_str("[[luks]\nname=", Syntax::Toml, "broken.toml")
         .expect_err("rejected")

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::abspath::AbsPath;
+use super::persist::PersistItem;
 use super::schema::{Config, Subvolume};
 
 /// One problem, tied to the config field it is about (`luks[0].name`).
@@ -125,7 +126,8 @@ impl EntryKind {
     }
 }
 
-/// One persisted path, with the field that declared it and what to do with it.
+/// One persisted path, fully decided: where, what, how, with which
+/// attributes for whatever ember has to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersistEntry {
     pub field: String,
@@ -133,19 +135,90 @@ pub struct PersistEntry {
     pub path: AbsPath,
     pub kind: EntryKind,
     pub disposition: PersistDisposition,
+    pub method: super::Method,
+    /// Owner and mode of the entry itself, when ember creates it.
+    pub attr: super::Attr,
+    /// The persist root's options followed by the entry's own.
+    pub options: Vec<String>,
+    /// Configured homes, for the parent-directory policy.
+    pub homes: Vec<super::persist::Home>,
+    /// Content for a file ember creates (`/etc/machine-id`: `uninitialized`).
+    pub initial_content: &'static [u8],
 }
 
-/// Every persisted entry, in config order, with its disposition decided.
-pub fn persist_entries(config: &Config) -> Vec<PersistEntry> {
+/// systemd reads `uninitialized` in /etc/machine-id as "first boot": it
+/// generates an id and `systemd-machine-id-commit.service` writes it through
+/// the bind mount into the persist root. An empty file would not be committed.
+pub const MACHINE_ID_FIRST_BOOT: &[u8] = b"uninitialized\n";
+
+/// A path problem found while resolving entries (reported by `validate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryError {
+    pub field: String,
+    pub message: String,
+}
+
+/// One list of entries: its field name, kind, items, and (for per-user
+/// lists) the home and the user's ids.
+type EntryList<'a> = (
+    String,
+    EntryKind,
+    &'a Vec<PersistItem>,
+    Option<(AbsPath, u32, u32)>,
+);
+
+/// Every persisted entry, in config order, with its disposition decided,
+/// and the entries whose path could not be resolved.
+pub fn persist_entries_checked(config: &Config) -> (Vec<PersistEntry>, Vec<EntryError>) {
     let mut out = Vec::new();
+    let mut errors = Vec::new();
     for (i, root) in config.persist.iter().enumerate() {
-        let lists = [
-            ("files", EntryKind::File, &root.files),
-            ("directories", EntryKind::Directory, &root.directories),
+        let homes = super::persist::homes(&root.users);
+        let mut lists: Vec<EntryList<'_>> = vec![
+            (
+                format!("persist[{i}].files"),
+                EntryKind::File,
+                &root.files,
+                None,
+            ),
+            (
+                format!("persist[{i}].directories"),
+                EntryKind::Directory,
+                &root.directories,
+                None,
+            ),
         ];
-        for (list, kind, paths) in lists {
-            for (j, path) in paths.iter().enumerate() {
-                let disposition = match owning_mount(config, path) {
+        for (name, user) in &root.users {
+            let home = user.home_of(name);
+            let who = Some((home, user.uid.0, user.gid.0));
+            lists.push((
+                format!("persist[{i}].users.{name}.files"),
+                EntryKind::File,
+                &user.files,
+                who.clone(),
+            ));
+            lists.push((
+                format!("persist[{i}].users.{name}.directories"),
+                EntryKind::Directory,
+                &user.directories,
+                who,
+            ));
+        }
+        for (list, kind, items, who) in lists {
+            for (j, item) in items.iter().enumerate() {
+                let field = format!("{list}[{j}]");
+                let t = &item.0;
+                let path = match super::persist::resolve_path(&t.path, who.as_ref().map(|w| &w.0)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errors.push(EntryError {
+                            field,
+                            message: e.to_string(),
+                        });
+                        continue;
+                    }
+                };
+                let disposition = match owning_mount(config, &path) {
                     Some(m) if !m.subvolume.mount_point.is_root() => {
                         PersistDisposition::OnPersistentSubvolume {
                             mount_point: m.subvolume.mount_point.clone(),
@@ -154,18 +227,50 @@ pub fn persist_entries(config: &Config) -> Vec<PersistEntry> {
                     }
                     _ => PersistDisposition::Bind,
                 };
+                let (default_uid, default_gid) = who.as_ref().map(|w| (w.1, w.2)).unwrap_or((0, 0));
+                let default_mode = match kind {
+                    EntryKind::File => 0o644,
+                    EntryKind::Directory => 0o755,
+                };
+                let attr = super::Attr {
+                    uid: t.user.map(|u| u.0).unwrap_or(default_uid),
+                    gid: t.group.map(|g| g.0).unwrap_or(default_gid),
+                    mode: t.mode.map(|m| m.0).unwrap_or(default_mode),
+                };
+                let mut options = root.options.clone();
+                options.extend(t.options.iter().cloned());
+                let initial_content: &'static [u8] =
+                    if kind == EntryKind::File && path.as_str() == "/etc/machine-id" {
+                        MACHINE_ID_FIRST_BOOT
+                    } else {
+                        b""
+                    };
                 out.push(PersistEntry {
-                    field: format!("persist[{i}].{list}[{j}]"),
+                    field,
                     root: root.root.clone(),
-                    path: path.clone(),
+                    path,
                     kind,
                     disposition,
+                    method: t.method,
+                    attr,
+                    options,
+                    homes: homes.clone(),
+                    initial_content,
                 });
             }
         }
     }
-    out
+    (out, errors)
 }
+
+/// Every resolvable persisted entry (see [`persist_entries_checked`]).
+pub fn persist_entries(config: &Config) -> Vec<PersistEntry> {
+    persist_entries_checked(config).0
+}
+
+/// Options a persist bind accepts: flags applied by remounting the bind,
+/// and `x-*` userspace options recorded for libmount (`/run/mount/utab`).
+pub const BIND_FLAG_OPTIONS: [&str; 6] = ["ro", "rw", "nosuid", "nodev", "noexec", "noatime"];
 
 fn valid_mapper_name(name: &str) -> bool {
     !name.is_empty()
@@ -399,6 +504,14 @@ fn check_rollback(config: &Config, f: &mut Findings) {
                         "`{blank}` must be a separate subvolume, neither `{target}` nor inside or above it"
                     ),
                 );
+            } else if blank.contains('\0') {
+                error(
+                    ".blank_snapshot",
+                    format!(
+                        "`{}` contains NUL, which a path cannot hold",
+                        blank.escape_debug()
+                    ),
+                );
             }
         }
         if rb.strategy == super::RollbackStrategy::Archive {
@@ -412,6 +525,14 @@ fn check_rollback(config: &Config, f: &mut Findings) {
                     format!(
                         "`{}` must be a normalised path outside `{target}`",
                         rb.archive_dir
+                    ),
+                );
+            } else if dir.contains('\0') {
+                error(
+                    ".archive_dir",
+                    format!(
+                        "`{}` contains NUL, which a path cannot hold",
+                        dir.escape_debug()
                     ),
                 );
             }
@@ -465,7 +586,30 @@ fn check_persist(config: &Config, f: &mut Findings) {
         }
     }
 
-    let entries = persist_entries(config);
+    for (i, root) in config.persist.iter().enumerate() {
+        for (name, user) in &root.users {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            if !valid {
+                f.error(
+                    format!("persist[{i}].users.{name}"),
+                    "is not a valid user name",
+                );
+            }
+            if user.uid.0 == 0 {
+                f.warn(
+                    format!("persist[{i}].users.{name}.uid"),
+                    "is 0 (root): the home's files will be owned by root",
+                );
+            }
+        }
+    }
+    let (entries, entry_errors) = persist_entries_checked(config);
+    for e in entry_errors {
+        f.error(e.field, e.message);
+    }
     let mut seen: BTreeMap<&AbsPath, &str> = BTreeMap::new();
     for e in &entries {
         if e.path.is_root() {
@@ -511,6 +655,25 @@ fn check_persist(config: &Config, f: &mut Findings) {
                     e.path,
                     e.root.join(e.path.as_str())
                 ),
+            );
+        }
+    }
+    for e in &entries {
+        for (k, opt) in e.options.iter().enumerate() {
+            if !(opt.starts_with("x-") || BIND_FLAG_OPTIONS.contains(&opt.as_str())) {
+                f.error(
+                    format!("{}.options[{k}]", e.field),
+                    format!(
+                        "`{opt}`: a persist bind takes only {} and x-* options",
+                        BIND_FLAG_OPTIONS.join(", ")
+                    ),
+                );
+            }
+        }
+        if e.method == super::Method::Symlink && !e.options.iter().all(|o| o.starts_with("x-")) {
+            f.error(
+                &e.field,
+                "a symlink takes no mount options (only x-* ones, which are ignored)",
             );
         }
     }

@@ -79,6 +79,142 @@ fn file_type(fd: &OwnedFd, shown: &str) -> Result<FileType, BeneathError> {
         .map_err(|e| io_err(shown, e))
 }
 
+/// Owner and mode for a directory or file ember creates.
+pub use crate::config::Attr;
+
+/// Decides the attributes of a missing directory from its path relative to
+/// the starting directory (`home/alice`).
+pub type DirAttrs<'a> = &'a dyn Fn(&str) -> Attr;
+
+/// Sets owner and mode on something just created, through a real (not
+/// O_PATH) descriptor opened without following links, so neither call can
+/// be redirected. Explicit chmod: the umask must not decide.
+fn set_attr(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    shown: &str,
+    attr: Attr,
+    directory: bool,
+) -> Result<(), BeneathError> {
+    let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    if directory {
+        flags |= OFlags::DIRECTORY;
+    }
+    let fd = openat2(dir, name, flags, Mode::empty(), RESOLVE).map_err(|e| io_err(shown, e))?;
+    rustix::fs::fchown(
+        &fd,
+        Some(rustix::fs::Uid::from_raw(attr.uid)),
+        Some(rustix::fs::Gid::from_raw(attr.gid)),
+    )
+    .map_err(|e| io_err(shown, e))?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(attr.mode)).map_err(|e| io_err(shown, e))
+}
+
+/// Like [`open_dir`], creating missing directories with the attributes
+/// `attrs` gives for each (only those ember creates; existing ones are
+/// never changed).
+pub fn open_dir_with(
+    root: BorrowedFd<'_>,
+    shown: &str,
+    relative: &str,
+    attrs: Option<DirAttrs<'_>>,
+) -> Result<OwnedFd, BeneathError> {
+    let mut current: OwnedFd = rustix::io::dup(root).map_err(|e| io_err(shown, e))?;
+    let mut path = shown.trim_end_matches('/').to_string();
+    let mut rel = String::new();
+    for name in relative.split('/').filter(|c| !c.is_empty()) {
+        path = format!("{path}/{name}");
+        rel = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let next = match open_component(current.as_fd(), name, &path, true) {
+            Err(BeneathError::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound && attrs.is_some() =>
+            {
+                let attr = attrs.map(|f| f(&rel)).unwrap_or(Attr::ROOT_DIR);
+                match mkdirat(&current, name, Mode::from_raw_mode(attr.mode)) {
+                    Ok(()) => set_attr(current.as_fd(), name, &path, attr, true)?,
+                    Err(Errno::EXIST) => {}
+                    Err(e) => return Err(io_err(&path, e)),
+                }
+                open_component(current.as_fd(), name, &path, true)?
+            }
+            other => other?,
+        };
+        if file_type(&next, &path)? != FileType::Directory {
+            return Err(BeneathError::NotDirectory { path });
+        }
+        current = next;
+    }
+    Ok(current)
+}
+
+/// Like [`open_file`], creating missing parents per `parents` and a missing
+/// file with `file`'s attributes and initial content.
+pub fn open_file_with(
+    root: BorrowedFd<'_>,
+    shown: &str,
+    relative: &str,
+    parents: Option<DirAttrs<'_>>,
+    file: Option<(Attr, &[u8])>,
+) -> Result<OwnedFd, BeneathError> {
+    let relative = relative.trim_matches('/');
+    let (parent, name) = relative.rsplit_once('/').unwrap_or(("", relative));
+    let dir = open_dir_with(root, shown, parent, parents)?;
+    let path = format!("{}/{relative}", shown.trim_end_matches('/'));
+    let fd = match open_component(dir.as_fd(), name, &path, false) {
+        Err(BeneathError::Io { source, .. })
+            if source.kind() == io::ErrorKind::NotFound && file.is_some() =>
+        {
+            let (attr, content) = file.unwrap_or((
+                Attr {
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o644,
+                },
+                b"",
+            ));
+            let flags =
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match openat2(&dir, name, flags, Mode::from_raw_mode(attr.mode), RESOLVE) {
+                Ok(created) => {
+                    let mut w = std::fs::File::from(created);
+                    std::io::Write::write_all(&mut w, content).map_err(|source| {
+                        BeneathError::Io {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
+                    set_attr(dir.as_fd(), name, &path, attr, false)?;
+                }
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(io_err(&path, e)),
+            }
+            open_component(dir.as_fd(), name, &path, false)?
+        }
+        other => other?,
+    };
+    match file_type(&fd, &path)? {
+        FileType::RegularFile => Ok(fd),
+        FileType::Symlink => Err(BeneathError::Symlink { path }),
+        _ => Err(BeneathError::NotFile { path }),
+    }
+}
+
+/// What is at `name` in `dir`, without following it.
+pub fn peek(dir: BorrowedFd<'_>, name: &str) -> Result<Option<(FileType, u64)>, Errno> {
+    match rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some((
+            FileType::from_raw_mode(st.st_mode),
+            st.st_size as u64,
+        ))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens (creating with `mode` if asked) the directory `relative` below
 /// `root`. `shown` prefixes paths in messages (e.g. `/sysroot/persist`).
 pub fn open_dir(
@@ -232,6 +368,80 @@ mod tests {
             open_dir(root.as_fd(), "/r", "var/lib", Some(0o755)),
             Err(BeneathError::NotDirectory { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod attr_tests {
+    use super::*;
+
+    #[test]
+    fn created_entries_get_their_attributes_existing_ones_keep_theirs() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = std::env::temp_dir().join(format!("ember-attr-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("existing")).expect("dir");
+        std::fs::set_permissions(dir.join("existing"), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod");
+        let root = rustix::fs::open(
+            &dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("open");
+        // Only root may give files away; as another user keep our own ids.
+        let (uid, gid) = if rustix::process::geteuid().is_root() {
+            (1000, 100)
+        } else {
+            (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            )
+        };
+        let attrs = |rel: &str| match rel {
+            "existing/home" => Attr {
+                uid,
+                gid,
+                mode: 0o700,
+            },
+            _ => Attr {
+                uid: 0,
+                gid: 0,
+                mode: 0o750,
+            },
+        };
+        open_file_with(
+            root.as_fd(),
+            "/r",
+            "existing/home/secret",
+            Some(&attrs),
+            Some((
+                Attr {
+                    uid,
+                    gid,
+                    mode: 0o600,
+                },
+                b"uninitialized\n",
+            )),
+        )
+        .expect("created");
+        let meta = |p: &str| std::fs::metadata(dir.join(p)).expect("stat");
+        assert_eq!(
+            meta("existing").mode() & 0o7777,
+            0o711,
+            "existing directories are not changed"
+        );
+        assert_eq!(meta("existing/home").mode() & 0o7777, 0o700);
+        assert_eq!(
+            (meta("existing/home").uid(), meta("existing/home").gid()),
+            (uid, gid)
+        );
+        assert_eq!(meta("existing/home/secret").mode() & 0o7777, 0o600);
+        assert_eq!(
+            std::fs::read(dir.join("existing/home/secret")).expect("read"),
+            b"uninitialized\n"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
