@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::{Attr, Method};
 
 const REFERENCE: &str = include_str!("../../examples/reference.toml");
 
@@ -267,4 +268,130 @@ fn implied_modules() {
     assert!(m.contains(&"dm_crypt".to_string()));
     assert!(m.contains(&"btrfs".to_string()));
     assert!(m.contains(&"virtio_blk".to_string()));
+}
+
+const PERSIST_TABLES: &str = r#"
+[[persist]]
+root = "/persist"
+files = ["/etc/machine-id", { path = "/etc/ssh/key", mode = "0600", user = 0, group = "root" }]
+directories = [{ path = "/srv", method = "symlink" }]
+
+[persist.users.alice]
+uid = 1000
+gid = 100
+directories = [".ssh"]
+
+[[persist]]
+root = "/nix/state"
+options = ["x-gvfs-hide"]
+files = [{ path = "/etc/adjtime", options = ["ro"] }]
+"#;
+
+fn with_persist(tables: &str) -> String {
+    let base = REFERENCE.replace(
+        "[[btrfs.subvolumes]]\nsubvolume = \"home\"\nmount_point = \"/home\"\n\n",
+        "",
+    );
+    let at = base.find("[[persist]]").expect("persist section");
+    format!("{}{tables}", &base[..at])
+}
+
+#[test]
+fn persist_entries_resolve_users_attributes_and_several_roots() {
+    let c = check_str(&with_persist(PERSIST_TABLES), Syntax::Toml, "t")
+        .expect("valid")
+        .config;
+    let entries = validate::persist_entries(&c);
+    let find = |p: &str| {
+        entries
+            .iter()
+            .find(|e| e.path.as_str() == p)
+            .unwrap_or_else(|| panic!("no {p}"))
+    };
+    assert_eq!(
+        find("/etc/machine-id").initial_content,
+        validate::MACHINE_ID_FIRST_BOOT
+    );
+    assert_eq!(
+        find("/etc/machine-id").attr,
+        Attr {
+            uid: 0,
+            gid: 0,
+            mode: 0o644
+        }
+    );
+    assert_eq!(find("/etc/ssh/key").attr.mode, 0o600);
+    assert_eq!(find("/srv").method, Method::Symlink);
+    let ssh = find("/home/alice/.ssh");
+    assert_eq!(ssh.field, "persist[0].users.alice.directories[0]");
+    assert_eq!(
+        ssh.attr,
+        Attr {
+            uid: 1000,
+            gid: 100,
+            mode: 0o755
+        }
+    );
+    assert_eq!(ssh.homes.len(), 1);
+    let adjtime = find("/etc/adjtime");
+    assert_eq!(adjtime.root.as_str(), "/nix/state");
+    assert_eq!(
+        adjtime.options,
+        vec!["x-gvfs-hide".to_string(), "ro".into()]
+    );
+}
+
+#[test]
+fn persist_entry_errors_name_the_field() {
+    let bad_opt = PERSIST_TABLES.replace("options = [\"ro\"]", "options = [\"bind\"]");
+    let errs = errors_of(&with_persist(&bad_opt));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("persist[1].files[0].options[1]: `bind`")),
+        "{errs:?}"
+    );
+    let symlink_opts = PERSIST_TABLES.replace(
+        "method = \"symlink\"",
+        "method = \"symlink\", options = [\"ro\"]",
+    );
+    let errs = errors_of(&with_persist(&symlink_opts));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("a symlink takes no mount options")),
+        "{errs:?}"
+    );
+    let escape = PERSIST_TABLES.replace("directories = [\".ssh\"]", "directories = [\"../bob\"]");
+    let errs = errors_of(&with_persist(&escape));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("persist[0].users.alice.directories[0]")),
+        "{errs:?}"
+    );
+    let dup = PERSIST_TABLES.replace("\"/etc/adjtime\"", "\"/etc/machine-id\"");
+    let errs = errors_of(&with_persist(&dup));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("/etc/machine-id is already persisted by persist[0].files[0]")),
+        "{errs:?}"
+    );
+    let err = check_str(
+        &with_persist(&PERSIST_TABLES.replace("mode = \"0600\"", "mode = \"rw\"")),
+        Syntax::Toml,
+        "t",
+    )
+    .expect_err("bad mode")
+    .to_string();
+    assert!(err.contains("persist[0].files[1].mode"), "{err}");
+}
+
+#[test]
+fn persist_tables_round_trip_through_json() {
+    let c = check_str(&with_persist(PERSIST_TABLES), Syntax::Toml, "t")
+        .expect("valid")
+        .config;
+    let json = serde_json::to_string(&c).expect("serialises");
+    let back = check_str(&json, Syntax::Json, "t.json")
+        .expect("valid")
+        .config;
+    assert_eq!(c, back);
 }
