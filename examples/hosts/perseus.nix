@@ -19,12 +19,18 @@
     kernelModules = [ "nvme" ];
     rollback.enable = true;
     persist."/persist" = {
+      hideMounts = true;
       files = [ "/etc/machine-id" ];
       directories = [
         "/var/lib/nixos"
         "/var/lib/systemd"
         "/var/lib/bluetooth"
         "/etc/NetworkManager/system-connections"
+        # systemd's DynamicUser= state: must stay 0700
+        {
+          directory = "/var/lib/private";
+          mode = "0700";
+        }
       ];
     };
   };
