@@ -10,21 +10,6 @@ use common::ember::{BOOT_TIMEOUT, boot, build_initrd, reference_config};
 
 const VAR_LOG_WARNING: &str = "persist[0].directories[1]: /var/log already lives on subvolume `log` (mounted at /var/log), which is never rolled back";
 
-const LAYOUT_CHECKS: &[&str] = &[
-    "by-label-boot",
-    "by-label-luks",
-    "cryptroot-block",
-    "cryptroot-btrfs",
-    "mount-root",
-    "mount-home",
-    "mount-nix",
-    "mount-persist",
-    "mount-var-log",
-    "bind-machine-id",
-    "bind-var-lib-systemd",
-    "var-log-not-stacked",
-];
-
 #[test]
 fn reference_disk_boots_twice_and_keeps_state() {
     let a = common::assets();
@@ -67,7 +52,7 @@ fn reference_disk_boots_twice_and_keeps_state() {
         t1.contains("ember: unlocked LABEL=luks (/dev/vda2) as /dev/mapper/cryptroot"),
         "{t1}"
     );
-    let mut required = LAYOUT_CHECKS.to_vec();
+    let mut required = common::COMMON_CHECKS.to_vec();
     required.push("id-written");
     common::assert_checks_passed(&t1, &required);
     let id = common::checker_id(&t1).expect("boot 1 printed the machine-id it wrote");
@@ -82,7 +67,7 @@ fn reference_disk_boots_twice_and_keeps_state() {
     vm.wait_exit(BOOT_TIMEOUT)
         .expect("boot 2 reaches the checker");
     let t2 = vm.transcript();
-    let mut required = LAYOUT_CHECKS.to_vec();
+    let mut required = common::COMMON_CHECKS.to_vec();
     required.extend(["machine-id-persisted", "home-marker-survived"]);
     common::assert_checks_passed(&t2, &required);
 }

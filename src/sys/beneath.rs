@@ -215,6 +215,15 @@ pub fn peek(dir: BorrowedFd<'_>, name: &str) -> Result<Option<(FileType, u64)>, 
     }
 }
 
+/// Attributes for plain creation: owned by whoever runs ember, `mode`.
+fn own(mode: u32) -> Attr {
+    Attr {
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+        mode,
+    }
+}
+
 /// Opens (creating with `mode` if asked) the directory `relative` below
 /// `root`. `shown` prefixes paths in messages (e.g. `/sysroot/persist`).
 pub fn open_dir(
@@ -223,29 +232,10 @@ pub fn open_dir(
     relative: &str,
     create: Option<u32>,
 ) -> Result<OwnedFd, BeneathError> {
-    let mut current: OwnedFd = rustix::io::dup(root).map_err(|e| io_err(shown, e))?;
-    let mut path = shown.trim_end_matches('/').to_string();
-    for name in relative.split('/').filter(|c| !c.is_empty()) {
-        path = format!("{path}/{name}");
-        let next = match open_component(current.as_fd(), name, &path, true) {
-            Err(BeneathError::Io { source, .. })
-                if source.kind() == io::ErrorKind::NotFound && create.is_some() =>
-            {
-                let mode = Mode::from_raw_mode(create.unwrap_or(0o755));
-                match mkdirat(&current, name, mode) {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(io_err(&path, e)),
-                }
-                open_component(current.as_fd(), name, &path, true)?
-            }
-            other => other?,
-        };
-        if file_type(&next, &path)? != FileType::Directory {
-            return Err(BeneathError::NotDirectory { path });
-        }
-        current = next;
+    match create {
+        Some(mode) => open_dir_with(root, shown, relative, Some(&|_: &str| own(mode))),
+        None => open_dir_with(root, shown, relative, None),
     }
-    Ok(current)
 }
 
 /// Opens (creating an empty file with `mode` if asked) the regular file
@@ -256,29 +246,15 @@ pub fn open_file(
     relative: &str,
     create: Option<u32>,
 ) -> Result<OwnedFd, BeneathError> {
-    let relative = relative.trim_matches('/');
-    let (parent, name) = relative.rsplit_once('/').unwrap_or(("", relative));
-    let dir = open_dir(root, shown, parent, create.map(|_| 0o755))?;
-    let path = format!("{}/{relative}", shown.trim_end_matches('/'));
-    let fd = match open_component(dir.as_fd(), name, &path, false) {
-        Err(BeneathError::Io { source, .. })
-            if source.kind() == io::ErrorKind::NotFound && create.is_some() =>
-        {
-            let mode = Mode::from_raw_mode(create.unwrap_or(0o644));
-            let flags =
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            match openat2(&dir, name, flags, mode, RESOLVE) {
-                Ok(_) | Err(Errno::EXIST) => {}
-                Err(e) => return Err(io_err(&path, e)),
-            }
-            open_component(dir.as_fd(), name, &path, false)?
-        }
-        other => other?,
-    };
-    match file_type(&fd, &path)? {
-        FileType::RegularFile => Ok(fd),
-        FileType::Symlink => Err(BeneathError::Symlink { path }),
-        _ => Err(BeneathError::NotFile { path }),
+    match create {
+        Some(mode) => open_file_with(
+            root,
+            shown,
+            relative,
+            Some(&|_: &str| own(0o755)),
+            Some((own(mode), b"")),
+        ),
+        None => open_file_with(root, shown, relative, None, None),
     }
 }
 
