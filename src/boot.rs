@@ -11,7 +11,8 @@ use crate::cmdline::KernelCmdline;
 use crate::config::GuardPolicy;
 use crate::config::{self, ConfigError, FailurePolicy};
 use crate::modules::{MANIFEST_PATH, ModuleManifest};
-use crate::plan::{self, Discovered, KeySource, Phase, Plan, SYSROOT, Step};
+use crate::plan::{self, Discovered, Phase, Plan, SYSROOT, Step, Volume};
+use crate::status::{self, BootRecord, PhaseTime, StepRecord, VolumeRecord};
 use crate::sys::blockdev::{Devices, Missing};
 use crate::sys::kmod::{self, KmodError};
 use crate::sys::luks;
@@ -20,6 +21,7 @@ use crate::sys::persist::{self, Outcome as PersistOutcome};
 use crate::sys::rollback::{self as rollback_run, Outcome};
 use crate::sys::switch_root::{self, SwitchRootError};
 use crate::sys::{apifs, power};
+use crate::unlock::AskMode;
 
 /// Where the initrd builder puts the resolved config.
 pub const CONFIG_PATHS: [&str; 2] = ["/etc/ember/config.json", "/etc/ember/config.toml"];
@@ -82,11 +84,17 @@ impl Timings {
         ]
         .iter()
         .map(|p| {
-            format!(
+            let mut part = format!(
                 "{} {}",
                 p.name(),
                 ms(self.phases.get(p).copied().unwrap_or_default())
-            )
+            );
+            // The key derivation is the part of an unlock that is slow by design.
+            let (pbkdf, calls) = crate::sys::perf::pbkdf();
+            if *p == Phase::Unlock && calls > 0 {
+                part.push_str(&format!(" (pbkdf {})", ms(pbkdf)));
+            }
+            part
         })
         .collect();
         parts.push(format!("total {}", ms(total)));
@@ -95,6 +103,11 @@ impl Timings {
             parts.join(", "),
             ms(kernel_at_start)
         );
+        line.push_str(&format!(
+            "; peak RSS {} KiB without the PBKDF's memory, {} KiB with it",
+            crate::sys::perf::peak_rss_outside_pbkdf_kib(),
+            crate::sys::perf::peak_rss_kib()
+        ));
         if refused > 0 {
             line.push_str(&format!("; {refused} persisted path(s) refused, see above"));
         }
@@ -156,6 +169,12 @@ struct Executor {
     sysroot: String,
     /// `ember persist --dry-run`: report each entry's state, change nothing.
     persist_dry_run: bool,
+    /// Where passphrases come from.
+    ask: AskMode,
+    /// The plan's volumes, so a typed passphrase can be tried on the later ones.
+    volumes: Vec<Volume>,
+    /// What this attempt did, for `ember status` (written to /run/ember).
+    record: BootRecord,
 }
 
 impl Executor {
@@ -271,7 +290,73 @@ impl Executor {
             as_init,
             sysroot: sysroot.to_string(),
             persist_dry_run: false,
+            ask: AskMode::Console,
+            volumes: Vec::new(),
+            record: BootRecord::default(),
         }
+    }
+
+    /// Starts a new attempt's record.
+    fn begin(&mut self, plan: &Plan, attempt: u32) {
+        self.volumes = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Unlock(v) => Some((**v).clone()),
+                _ => None,
+            })
+            .collect();
+        self.record = BootRecord {
+            ember_version: env!("CARGO_PKG_VERSION").to_string(),
+            attempt,
+            started_after_kernel_ms: self.kernel_at_start.as_millis() as u64,
+            outcome: "running".into(),
+            warnings: plan.warnings.clone(),
+            ..BootRecord::default()
+        };
+    }
+
+    /// Writes the record to `/run/ember/last-boot.json` (best effort).
+    fn write_record(&mut self, outcome: &str, error: Option<String>, policy: Option<String>) {
+        let r = &mut self.record;
+        r.outcome = outcome.to_string();
+        r.error = error;
+        r.policy = policy;
+        r.total_ms = self.started.elapsed().as_millis() as u64;
+        r.persist_refused = self.refused;
+        r.phases = Phase::ALL
+            .iter()
+            .filter_map(|p| {
+                self.timings.phases.get(p).map(|d| PhaseTime {
+                    phase: p.name().to_string(),
+                    ms: d.as_millis() as u64,
+                })
+            })
+            .collect();
+        let path = Path::new(status::LAST_BOOT_PATH);
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec_pretty(&*r).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            log::debug!("cannot write {}: {e}", path.display());
+        }
+    }
+
+    fn record_step(&mut self, step: &Step, took: Duration, ok: bool) {
+        self.record.steps.push(StepRecord {
+            step: step.to_string(),
+            phase: step.phase().name().to_string(),
+            ms: took.as_millis() as u64,
+            ok,
+        });
     }
 
     fn devices(&mut self) -> &mut Devices {
@@ -285,8 +370,22 @@ impl Executor {
     fn run(&mut self, plan: &Plan) -> Result<(), BootError> {
         for step in &plan.steps {
             let t = Instant::now();
-            self.step(step)?;
+            let result = self.step(step);
             self.timings.add(step.phase(), t.elapsed());
+            // The switch-root step records itself before handing over.
+            match step {
+                Step::SwitchRoot { .. } => {
+                    if result.is_err() {
+                        let text = step.to_string();
+                        match self.record.steps.last_mut() {
+                            Some(last) if last.step == text => last.ok = false,
+                            _ => self.record_step(step, t.elapsed(), false),
+                        }
+                    }
+                }
+                _ => self.record_step(step, t.elapsed(), result.is_ok()),
+            }
+            result?;
         }
         Ok(())
     }
@@ -296,6 +395,9 @@ impl Executor {
             Step::MountApiFilesystems => apifs::mount_all()
                 .map_err(|(target, source)| BootError::ApiMount { target, source }),
             Step::LoadModules { modules } => {
+                // Listen for devices first: the disks the modules bring up
+                // are probed while the other modules load.
+                self.devices();
                 let Some(manifest) = &self.manifest else {
                     return Ok(());
                 };
@@ -323,13 +425,7 @@ impl Executor {
                 }
                 Ok(())
             }
-            Step::Unlock {
-                field,
-                device,
-                name,
-                key,
-                allow_discards,
-            } => self.unlock(field, device, name, key, *allow_discards),
+            Step::Unlock(v) => self.unlock(v),
             Step::Resume { spec } => {
                 self.resume(spec);
                 Ok(())
@@ -422,6 +518,8 @@ impl Executor {
                 Ok(())
             }
             Step::SwitchRoot { init } => {
+                // Let the device prober finish (every /dev/disk link made) and stop.
+                self.devices = None;
                 switch_root::check_init(&self.sysroot, init)?;
                 self.timings.add(Phase::SwitchRoot, Duration::ZERO);
                 log::info!(
@@ -433,6 +531,8 @@ impl Executor {
                     )
                 );
                 log::info!("switching root to {}, exec {init}", self.sysroot);
+                self.record_step(step, Duration::ZERO, true);
+                self.write_record("switching root", None, None);
                 let err = match switch_root::switch_root(&self.sysroot, init, &self.init_args) {
                     Ok(never) => match never {},
                     Err(e) => e,
@@ -442,39 +542,128 @@ impl Executor {
         }
     }
 
-    fn unlock(
-        &mut self,
-        field: &str,
-        device: &config::DeviceSpec,
-        name: &str,
-        key: &KeySource,
-        allow_discards: bool,
-    ) -> Result<(), BootError> {
-        if luks::is_active(name) {
-            log::info!("/dev/mapper/{name} is already open; leaving it");
+    fn unlock(&mut self, v: &Volume) -> Result<(), BootError> {
+        let t = Instant::now();
+        let mut rec = VolumeRecord {
+            name: v.name.clone(),
+            device: v.device.to_string(),
+            ..VolumeRecord::default()
+        };
+        if luks::is_active(&v.name) {
+            match self.record.volumes.iter().find(|r| r.name == v.name) {
+                Some(r) if r.opened_with.is_some() => log::info!(
+                    "/dev/mapper/{} is open (the passphrase typed for {} fitted)",
+                    v.name,
+                    r.opened_with.as_deref().unwrap_or_default()
+                ),
+                _ => {
+                    log::info!("/dev/mapper/{} is already open; leaving it", v.name);
+                    rec.key = "already open".into();
+                    self.record.volumes.push(rec);
+                }
+            }
             self.devices().scan();
             return Ok(());
         }
         let path = self
             .devices()
-            .resolve(device)
+            .resolve(&v.device)
             .ok_or_else(|| BootError::DeviceGone {
-                field: field.to_string(),
-                device: device.to_string(),
+                field: v.field.clone(),
+                device: v.device.to_string(),
             })?;
-        let t = Instant::now();
-        crate::unlock::open_volume(&crate::unlock::Volume {
-            field,
-            device,
-            path: &path,
-            name,
-            key,
-            allow_discards,
-        })?;
-        log::info!(
-            "unlocked {device} ({path}) as /dev/mapper/{name} in {}ms",
-            t.elapsed().as_millis()
+        rec.path = path.clone();
+        if let Some(holder) = luks::holder_of(&path) {
+            log::warn!(
+                "{}: {} ({path}) is already open as /dev/mapper/{holder}; not opening it again as {}",
+                v.field,
+                v.device,
+                v.name
+            );
+            rec.key = format!("already open as {holder}");
+            self.record.volumes.push(rec);
+            return Ok(());
+        }
+        // Later volumes that take a passphrase: a typed one is tried on them too.
+        let volumes = std::mem::take(&mut self.volumes);
+        let later: Vec<(&Volume, String)> = volumes
+            .iter()
+            .skip_while(|o| o.name != v.name)
+            .skip(1)
+            .filter(|o| o.has_passphrase() && !luks::is_active(&o.name))
+            .filter_map(|o| self.devices().resolve(&o.device).map(|p| (o, p)))
+            .collect();
+        let others: Vec<crate::unlock::Target<'_>> = later
+            .iter()
+            .map(|(o, p)| crate::unlock::Target {
+                volume: o,
+                path: p.clone(),
+            })
+            .collect();
+        let make_links = self.as_init;
+        let mut ctx = crate::unlock::Context {
+            devices: self
+                .devices
+                .get_or_insert_with(|| Devices::start(make_links)),
+            ask: &self.ask,
+            manifest: self.manifest.as_ref(),
+        };
+        let target = crate::unlock::Target {
+            volume: v,
+            path: path.clone(),
+        };
+        let result = crate::unlock::open_volume(&mut ctx, &target, &others);
+        drop(others);
+        drop(later);
+        self.volumes = volumes;
+        let unlocked = result?;
+        let o = unlocked.opened;
+        let mut line = format!(
+            "unlocked {} ({path}) as /dev/mapper/{} with {} in {}ms (keyslot {}",
+            v.device,
+            v.name,
+            unlocked.key,
+            t.elapsed().as_millis(),
+            o.keyslot
         );
+        if o.tried > 1 {
+            line.push_str(&format!(", {} keyslots tried", o.tried));
+            if !unlocked.hinted {
+                let f = &unlocked.key_field;
+                let advice = if f.starts_with("rd.luks") {
+                    format!("rd.luks.options=key-slot={}", o.keyslot)
+                } else if f.contains(".keys[") {
+                    format!("`keyslot = {}` on {f}", o.keyslot)
+                } else {
+                    format!("a `keyslot = {}` hint in {}.keys", o.keyslot, v.field)
+                };
+                line.push_str(&format!("; {advice} would try it first"));
+            }
+        }
+        line.push(')');
+        log::info!("{line}");
+        rec.key = unlocked.key.clone();
+        rec.key_field = unlocked.key_field.clone();
+        rec.keyslot = Some(o.keyslot);
+        rec.keyslots_tried = o.tried;
+        rec.ms = t.elapsed().as_millis() as u64;
+        self.record.volumes.push(rec);
+        for (name, other) in &unlocked.also_opened {
+            let ov = self.volumes.iter().find(|x| x.name == *name);
+            self.record.volumes.push(VolumeRecord {
+                name: name.clone(),
+                device: ov.map(|x| x.device.to_string()).unwrap_or_default(),
+                path: ov
+                    .and_then(|x| self.devices.as_ref()?.resolve(&x.device))
+                    .unwrap_or_default(),
+                key: unlocked.key.clone(),
+                key_field: unlocked.key_field.clone(),
+                keyslot: Some(other.keyslot),
+                keyslots_tried: other.tried,
+                ms: other.took.as_millis() as u64,
+                opened_with: Some(v.name.clone()),
+            });
+        }
         // The new mapper device carries the filesystem: probe it now.
         self.devices().scan();
         Ok(())
@@ -530,26 +719,66 @@ pub fn run_as_init(init_args: Vec<String>) -> ! {
     luks::route_library_log();
     let mut exec = Executor::new(true, SYSROOT, init_args);
     log::info!("ember {} starting", env!("CARGO_PKG_VERSION"));
+    let mut attempt: u32 = 0;
     loop {
+        attempt += 1;
         let (error, policy) = match prepare(&mut exec) {
-            Ok(plan) => match exec.run(&plan) {
-                Ok(()) => (
-                    BootError::SwitchRoot(SwitchRootError::Syscall {
-                        step: "plan ended without switching root",
-                        source: std::io::Error::other("no switch-root step"),
-                    }),
-                    plan.on_failure,
-                ),
-                Err(e) => (e, plan.on_failure),
-            },
+            Ok(plan) => {
+                exec.begin(&plan, attempt);
+                match exec.run(&plan) {
+                    Ok(()) => (
+                        BootError::SwitchRoot(SwitchRootError::Syscall {
+                            step: "plan ended without switching root",
+                            source: std::io::Error::other("no switch-root step"),
+                        }),
+                        plan.on_failure,
+                    ),
+                    Err(e) => (e, plan.on_failure),
+                }
+            }
             Err(pair) => pair,
         };
         log::error!("boot failed: {error}");
+        // `retry` runs the boot again a few times, then falls back to rescue.
+        let retry = policy == FailurePolicy::Retry && attempt <= FailurePolicy::RETRY_ROUNDS;
+        let policy = match policy {
+            FailurePolicy::Retry if !retry => {
+                log::error!("the boot failed {attempt} times; giving up retrying");
+                FailurePolicy::Rescue
+            }
+            p => p,
+        };
+        let then = match policy {
+            FailurePolicy::Retry => format!(
+                "retry in {}s (attempt {} of {})",
+                FailurePolicy::RETRY_PAUSE_SECS,
+                attempt + 1,
+                FailurePolicy::RETRY_ROUNDS + 1
+            ),
+            FailurePolicy::Rescue if power::has_rescue_shell() => "rescue shell".into(),
+            FailurePolicy::Rescue | FailurePolicy::Halt => "halt".into(),
+            FailurePolicy::Reboot => "reboot".into(),
+            FailurePolicy::Poweroff => "power off".into(),
+        };
+        exec.write_record("failed", Some(error.to_string()), Some(then));
         match policy {
+            FailurePolicy::Retry => {
+                log::error!(
+                    "retrying the boot in {}s (attempt {} of {})",
+                    FailurePolicy::RETRY_PAUSE_SECS,
+                    attempt + 1,
+                    FailurePolicy::RETRY_ROUNDS + 1
+                );
+                std::thread::sleep(Duration::from_secs(FailurePolicy::RETRY_PAUSE_SECS));
+                exec.timings = Timings::default();
+                exec.started = Instant::now();
+                continue;
+            }
             FailurePolicy::Rescue if power::has_rescue_shell() => {
                 if power::run_rescue_shell() {
                     log::info!("retrying the boot");
                     exec.timings = Timings::default();
+                    exec.started = Instant::now();
                     continue;
                 }
                 power::halt_forever()
@@ -581,6 +810,8 @@ pub struct PhaseRun<'a> {
     pub rollback_dry_run: bool,
     /// `ember persist --dry-run`.
     pub persist_dry_run: bool,
+    /// Where `ember unlock` asks for passphrases.
+    pub ask: AskMode,
 }
 
 /// Returns how many steps ran and how many persisted entries were refused.
@@ -607,6 +838,9 @@ pub fn run_phases(run: &PhaseRun<'_>) -> Result<(usize, usize), BootError> {
     }
     let mut exec = Executor::new(false, run.sysroot, Vec::new());
     exec.persist_dry_run = run.persist_dry_run;
+    exec.ask = run.ask.clone();
+    exec.manifest = read_manifest(Path::new(MANIFEST_PATH)).unwrap_or(None);
+    exec.begin(&plan, 1);
     let mut ran = 0;
     for step in plan
         .steps

@@ -10,6 +10,7 @@ use ember::cmdline::KernelCmdline;
 use ember::config;
 use ember::modules::{MANIFEST_PATH, ModuleManifest};
 use ember::plan::{self, Discovered, Phase, SYSROOT};
+use ember::unlock::AskMode;
 
 const USAGE: &str = "\
 usage: ember <command> [options]
@@ -21,6 +22,7 @@ commands:
   mount          mount the configured subvolumes under the new root
   persist        bind the persisted paths into the new root
   diff           list what the next rollback will destroy (--json)
+  status         devices, volumes, mounts, persisted paths, the last boot (--json)
   version        print the version
   help           print this help
 
@@ -37,6 +39,10 @@ exit codes: 0 success, 1 failure, 2 usage or configuration error";
 
 pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().collect();
+    // Key material passes through this process: no core dumps of it, and no
+    // ptrace by anything but root.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if rustix::process::getpid().is_init() {
         boot::run_as_init(args.into_iter().skip(1).collect());
     }
@@ -47,7 +53,7 @@ pub fn main() -> i32 {
         Some("unlock") => phases(
             rest,
             "unlock",
-            "Waits for the configured LUKS devices and opens them (keyfile, or a\npassphrase asked on the terminal). Volumes already open are left alone.",
+            "Waits for the configured LUKS devices and opens them, trying each volume's\nkey sources in order (keyfiles in the initrd or on another device, then a\npassphrase; a typed passphrase is tried on every volume waiting for one).\nVolumes already open are left alone. The kernel command line's rd.luks.*\noptions apply as at boot.\n\n  --ask-password=auto|console|agent\n      where passphrases are asked: the terminal, or systemd's password\n      agents (Plymouth, systemd-tty-ask-password-agent) through\n      /run/systemd/ask-password. auto (default): the terminal if there is\n      one, else the agents if that directory exists, else /dev/console.\n\nexit codes: 0 every volume is open, 1 a volume stayed closed (wrong key,\nno key source left, device missing, damaged header, missing kernel module),\n2 usage or configuration error",
             &[Phase::Devices, Phase::Unlock],
         ),
         Some("rollback") => phases(
@@ -69,6 +75,7 @@ pub fn main() -> i32 {
             &[Phase::Persist],
         ),
         Some("diff") => crate::diff_cmd::run(rest),
+        Some("status") => crate::status_cmd::run(rest),
         Some("version" | "--version") => {
             println!("ember {}", env!("CARGO_PKG_VERSION"));
             0
@@ -105,9 +112,24 @@ fn phases(args: &[String], name: &str, about: &str, phases: &[Phase]) -> i32 {
     let mut config: Option<PathBuf> = None;
     let mut sysroot = SYSROOT.to_string();
     let mut dry_run = false;
+    let mut ask = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            s if name == "unlock" && s.starts_with("--ask-password=") => {
+                ask = match &s["--ask-password=".len()..] {
+                    "auto" => None,
+                    "console" => Some(AskMode::Console),
+                    "agent" => Some(AskMode::Agent(PathBuf::from(
+                        ember::sys::ask_password::ASK_DIR,
+                    ))),
+                    other => {
+                        return usage_error(&format!(
+                            "--ask-password={other}: expected auto, console or agent"
+                        ));
+                    }
+                }
+            }
             "--config" => match it.next() {
                 Some(v) => config = Some(PathBuf::from(v)),
                 None => return usage_error("--config needs a path"),
@@ -118,13 +140,18 @@ fn phases(args: &[String], name: &str, about: &str, phases: &[Phase]) -> i32 {
             },
             "--dry-run" if name == "rollback" || name == "persist" => dry_run = true,
             "--help" | "-h" => {
-                let extra = if name == "rollback" || name == "persist" {
-                    " [--dry-run]"
+                let extra = match name {
+                    "rollback" | "persist" => " [--dry-run]",
+                    "unlock" => " [--ask-password=auto|console|agent]",
+                    _ => "",
+                };
+                let codes = if about.contains("exit codes:") {
+                    String::new()
                 } else {
-                    ""
+                    "\n\nexit codes: 0 success, 1 failure, 2 usage or configuration error".into()
                 };
                 println!(
-                    "usage: ember {name} [--config PATH] [--sysroot PATH]{extra}\n\n{about}\n\nexit codes: 0 success, 1 failure, 2 usage or configuration error"
+                    "usage: ember {name} [--config PATH] [--sysroot PATH]{extra}\n\n{about}{codes}"
                 );
                 return 0;
             }
@@ -137,6 +164,7 @@ fn phases(args: &[String], name: &str, about: &str, phases: &[Phase]) -> i32 {
         sysroot: &sysroot,
         rollback_dry_run: dry_run && name == "rollback",
         persist_dry_run: dry_run && name == "persist",
+        ask: ask.unwrap_or_else(AskMode::detect),
     };
     match boot::run_phases(&run) {
         Ok((_, 0)) => 0,

@@ -1,7 +1,11 @@
-//! The kernel command line, as far as ember cares: `init=` and `ember.*`.
-//! Parsing is pure so the precedence rules can be tested without a kernel.
+//! The kernel command line, as far as ember cares: `init=`, `ember.*` and
+//! `rd.luks.*`. Parsing is pure so the precedence rules can be tested
+//! without a kernel.
+
+pub mod luks;
 
 use crate::config::{AbsPath, FailurePolicy};
+pub use luks::{ActivationFlag, CmdlineKey, CmdlineOptions, LuksCmdline, LuksOptions};
 
 /// Settings from the kernel command line. `None` means "not given": the
 /// config file's value stands.
@@ -11,7 +15,7 @@ pub struct KernelCmdline {
     pub init: Option<AbsPath>,
     /// `ember.timeout=SECONDS`: device wait timeout.
     pub device_timeout_secs: Option<u32>,
-    /// `ember.on_failure=rescue|halt|reboot|poweroff`.
+    /// `ember.on_failure=rescue|halt|reboot|poweroff|retry`.
     pub on_failure: Option<FailurePolicy>,
     /// `ember.debug`: log at debug level.
     pub debug: bool,
@@ -22,6 +26,8 @@ pub struct KernelCmdline {
     pub rollback_pause_after: Option<usize>,
     /// `resume=`: the hibernation image's device, if the system may be resuming.
     pub resume: Option<String>,
+    /// `rd.luks=`, `rd.luks.uuid=`, `rd.luks.name=`, `rd.luks.key=`, `rd.luks.options=`.
+    pub luks: LuksCmdline,
     /// Things that looked like ember options but were not understood;
     /// reported as warnings instead of being silently dropped.
     pub ignored: Vec<String>,
@@ -95,8 +101,9 @@ impl KernelCmdline {
                     "halt" => out.on_failure = Some(FailurePolicy::Halt),
                     "reboot" => out.on_failure = Some(FailurePolicy::Reboot),
                     "poweroff" => out.on_failure = Some(FailurePolicy::Poweroff),
+                    "retry" => out.on_failure = Some(FailurePolicy::Retry),
                     _ => out.ignored.push(format!(
-                        "ember.on_failure={v}: expected rescue, halt, reboot or poweroff"
+                        "ember.on_failure={v}: expected rescue, halt, reboot, poweroff or retry"
                     )),
                 },
                 ("ember.debug", None) => out.debug = true,
@@ -116,6 +123,7 @@ impl KernelCmdline {
                 },
                 ("resume", Some(v)) if !v.is_empty() => out.resume = Some(v.to_string()),
                 ("noresume", None) => out.resume = None,
+                (k, v) if out.luks.parse_word(k, v, &mut out.ignored) => {}
                 (k, _) if k.starts_with("ember.") => {
                     out.ignored.push(format!("{word}: unknown ember option"))
                 }

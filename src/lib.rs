@@ -9,8 +9,10 @@ pub mod diff;
 pub mod modules;
 pub mod plan;
 pub mod rollback;
+pub mod status;
 #[cfg(feature = "agent")]
 pub mod unlock;
+pub mod volumes;
 
 #[cfg(feature = "agent")]
 pub mod boot;

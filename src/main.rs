@@ -2,6 +2,7 @@
 
 mod cli;
 mod diff_cmd;
+mod status_cmd;
 
 fn main() {
     std::process::exit(cli::main());

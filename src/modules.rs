@@ -24,6 +24,10 @@ pub struct ManifestModule {
     pub path: String,
     /// Modules that must be loaded first.
     pub deps: Vec<String>,
+    /// The module's `cpu:` aliases (CPU-feature drivers such as aesni_intel):
+    /// it is loaded only if one matches the CPU's modalias. Empty: always.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu: Vec<String>,
 }
 
 impl ModuleManifest {
@@ -57,6 +61,7 @@ mod tests {
             name: name.into(),
             path: format!("lib/modules/6.1/{name}.ko"),
             deps: deps.iter().map(|d| d.to_string()).collect(),
+            cpu: Vec::new(),
         }
     }
 

@@ -21,13 +21,7 @@ pub struct Wanted {
     pub field: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// A keyfile inside the initrd; its whole content is the key.
-    Keyfile(AbsPath),
-    /// A passphrase typed at the console, with this many tries.
-    Passphrase { tries: u32 },
-}
+pub use crate::volumes::{KeySource, SlotHint, Volume};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -40,14 +34,8 @@ pub enum Step {
         devices: Vec<Wanted>,
         timeout_secs: u32,
     },
-    /// Open a LUKS2 volume as /dev/mapper/<name>.
-    Unlock {
-        field: String,
-        device: DeviceSpec,
-        name: String,
-        key: KeySource,
-        allow_discards: bool,
-    },
+    /// Open a LUKS2 volume as /dev/mapper/<name>, trying its key sources in order.
+    Unlock(Box<Volume>),
     /// If a hibernation image is on this device, resume from it; if that
     /// does not happen, no rollback may run this boot.
     Resume { spec: String },
@@ -138,13 +126,18 @@ pub fn plan(config: &Config, cmdline: &KernelCmdline, discovered: &Discovered) -
         .device_timeout_secs
         .unwrap_or(config.device_timeout_secs);
 
-    let luks_devices: Vec<Wanted> = config
-        .luks
+    // The config's volumes with rd.luks.* applied (the command line wins).
+    let (volumes, luks_warnings) = crate::volumes::volumes(config, &cmdline.luks);
+    warnings.extend(luks_warnings);
+    let luks_devices: Vec<Wanted> = volumes
         .iter()
-        .enumerate()
-        .map(|(i, l)| Wanted {
-            spec: l.device.clone(),
-            field: format!("luks[{i}].device"),
+        .map(|v| Wanted {
+            spec: v.device.clone(),
+            field: if v.field.starts_with("luks[") {
+                format!("{}.device", v.field)
+            } else {
+                v.field.clone()
+            },
         })
         .collect();
     if !luks_devices.is_empty() {
@@ -153,24 +146,13 @@ pub fn plan(config: &Config, cmdline: &KernelCmdline, discovered: &Discovered) -
             timeout_secs,
         });
     }
-    for (i, l) in config.luks.iter().enumerate() {
-        steps.push(Step::Unlock {
-            field: format!("luks[{i}]"),
-            device: l.device.clone(),
-            name: l.name.clone(),
-            key: match &l.keyfile {
-                Some(path) => KeySource::Keyfile(path.clone()),
-                None => KeySource::Passphrase {
-                    tries: l.passphrase_tries,
-                },
-            },
-            allow_discards: l.allow_discards,
-        });
+    for v in &volumes {
+        steps.push(Step::Unlock(Box::new(v.clone())));
     }
 
     // Filesystem devices that no unlock step produces must be waited for too
     // (a plain partition, or a label inside an unlocked volume).
-    let opened: Vec<&str> = config.luks.iter().map(|l| l.name.as_str()).collect();
+    let opened: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
     let fs_devices: Vec<Wanted> = config
         .btrfs
         .iter()
@@ -329,22 +311,19 @@ impl fmt::Display for Step {
                     .collect();
                 write!(f, "wait up to {timeout_secs}s for {}", names.join(", "))
             }
-            Step::Unlock {
-                device,
-                name,
-                key,
-                allow_discards,
-                ..
-            } => {
-                write!(f, "unlock {device} as /dev/mapper/{name} with ")?;
-                match key {
-                    KeySource::Keyfile(p) => write!(f, "keyfile {p}")?,
-                    KeySource::Passphrase { tries } => {
-                        write!(f, "a passphrase from the console ({tries} tries)")?
-                    }
-                }
-                if *allow_discards {
+            Step::Unlock(v) => {
+                write!(
+                    f,
+                    "unlock {} as /dev/mapper/{} with {}",
+                    v.device,
+                    v.name,
+                    crate::volumes::describe_keys(&v.keys)
+                )?;
+                if v.allow_discards {
                     write!(f, ", allowing discards")?;
+                }
+                for flag in &v.flags {
+                    write!(f, ", {}", flag.name())?;
                 }
                 Ok(())
             }
@@ -464,6 +443,9 @@ impl fmt::Display for Plan {
             FailurePolicy::Halt => "halt",
             FailurePolicy::Reboot => "reboot",
             FailurePolicy::Poweroff => "power off",
+            FailurePolicy::Retry => {
+                "retry the boot 3 times, 5s apart, then rescue shell if present, else halt"
+            }
         };
         writeln!(f, "on failure: {policy}")?;
         for w in &self.warnings {
@@ -635,10 +617,7 @@ mod tests {
         let p = plan(&config, &KernelCmdline::default(), &Discovered::default());
         assert!(p.steps.iter().any(|s| matches!(
             s,
-            Step::Unlock {
-                key: KeySource::Passphrase { tries: 5 },
-                ..
-            }
+            Step::Unlock(v) if matches!(v.keys[..], [KeySource::Passphrase { tries: 5, .. }])
         )));
         // The label inside the unlocked volume is waited for after the unlock.
         let unlock = p
@@ -664,6 +643,41 @@ mod tests {
             .find(|s| matches!(s, Step::MountSubvolume { .. }));
         assert!(
             matches!(first_mount, Some(Step::MountSubvolume { mount_point, .. }) if mount_point.is_root())
+        );
+    }
+
+    #[test]
+    fn rd_luks_options_shape_the_unlock_steps() {
+        let p = plan(
+            &reference(),
+            &KernelCmdline::parse("rd.luks=0"),
+            &Discovered::default(),
+        );
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::Unlock(_))));
+        assert!(
+            p.steps.iter().any(|s| matches!(
+                s,
+                Step::WaitForDevices { devices, .. } if devices[0].field == "btrfs[0].device"
+            )),
+            "with nothing unlocked, the filesystem device is waited for (and named) instead"
+        );
+        assert!(p.warnings.iter().any(|w| w.contains("rd.luks=0")));
+
+        let u = "0f0e0d0c-0b0a-0908-0706-050403020100";
+        let p = plan(
+            &reference(),
+            &KernelCmdline::parse(&format!(
+                "rd.luks.name={u}=cryptroot rd.luks.key=/k.bin:LABEL=usb rd.luks.options=tries=5,no-read-workqueue"
+            )),
+            &Discovered::default(),
+        );
+        let text: Vec<String> = p.steps.iter().map(|s| s.to_string()).collect();
+        assert!(text.contains(&format!("wait up to 30s for UUID={u} (luks[0].device)")));
+        assert!(
+            text.contains(&format!(
+                "unlock UUID={u} as /dev/mapper/cryptroot with keyfile /k.bin on LABEL=usb, waiting up to 10s for the device, then keyfile /etc/ember/keys/cryptroot.key, allowing discards, no-read-workqueue"
+            )),
+            "{text:#?}"
         );
     }
 }

@@ -88,7 +88,11 @@ fn entries_are_created_bound_linked_and_idempotent() {
         .arg(&cfg)
         .output()
         .expect("ember check");
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let disk = common::overlay(&a.base_disk, "persist-entries");
     let out = disk_shell::run_with(
         &a,
@@ -113,38 +117,73 @@ fn entries_are_created_bound_linked_and_idempotent() {
 
     let dry1 = section("DRY1");
     assert!(dry1.contains("persist[0].files[0]: file /persist/etc/machine-id -> /etc/machine-id (bind): missing (source and target would be created)"), "{dry1}");
-    assert!(dry1.contains("persist[0].files[2]: file /persist/etc/adjtime -> /etc/adjtime (symlink): missing"), "{dry1}");
+    assert!(
+        dry1.contains(
+            "persist[0].files[2]: file /persist/etc/adjtime -> /etc/adjtime (symlink): missing"
+        ),
+        "{dry1}"
+    );
 
     let run1 = section("RUN1");
     assert!(run1.contains("exit 0"), "{run1}");
     assert!(run1.contains("/sysroot/var/lib/systemd already holds 1 entries in the new root, which the bind mount hides"), "{run1}");
-    assert!(run1.contains("linked file /etc/adjtime to /persist/etc/adjtime"), "{run1}");
+    assert!(
+        run1.contains("linked file /etc/adjtime to /persist/etc/adjtime"),
+        "{run1}"
+    );
 
     let run2 = section("RUN2");
     assert!(run2.contains("exit 0"), "{run2}");
-    assert!(run2.contains("/etc/machine-id is already bound from /persist/etc/machine-id"), "{run2}");
-    assert!(run2.contains("/etc/adjtime already links to /persist/etc/adjtime"), "{run2}");
-    assert!(!run2.contains("hides"), "second run reports nothing new: {run2}");
+    assert!(
+        run2.contains("/etc/machine-id is already bound from /persist/etc/machine-id"),
+        "{run2}"
+    );
+    assert!(
+        run2.contains("/etc/adjtime already links to /persist/etc/adjtime"),
+        "{run2}"
+    );
+    assert!(
+        !run2.contains("hides"),
+        "second run reports nothing new: {run2}"
+    );
 
     let dry2 = section("DRY2");
     assert!(dry2.contains("(bind): mounted"), "{dry2}");
     assert!(dry2.contains("(symlink): linked"), "{dry2}");
     assert!(dry2.contains("exit 0"), "{dry2}");
 
-    for t in ["/sysroot/etc/machine-id", "/sysroot/var/lib/systemd", "/sysroot/home/alice/.ssh", "/sysroot/srv/data"] {
-        assert_eq!(line(&format!("MOUNTS {t} ")), format!("MOUNTS {t} 1"), "exactly one mount, never stacked");
+    for t in [
+        "/sysroot/etc/machine-id",
+        "/sysroot/var/lib/systemd",
+        "/sysroot/home/alice/.ssh",
+        "/sysroot/srv/data",
+    ] {
+        assert_eq!(
+            line(&format!("MOUNTS {t} ")),
+            format!("MOUNTS {t} 1"),
+            "exactly one mount, never stacked"
+        );
     }
     let expect_stat = [
         ("persist/etc/machine-id", "644 0 0 regular file"),
-        ("persist/etc/ssh/ssh_host_ed25519_key", "600 0 0 regular file"),
+        (
+            "persist/etc/ssh/ssh_host_ed25519_key",
+            "600 0 0 regular file",
+        ),
         ("persist/var/lib/private", "700 0 0 directory"),
         ("persist/srv/data", "750 2000 2000 directory"),
         ("persist/home", "755 0 0 directory"),
         ("persist/home/alice", "700 1000 100 directory"),
         ("persist/home/alice/.ssh", "755 1000 100 directory"),
         ("persist/home/alice/.local", "755 1000 100 directory"),
-        ("persist/home/alice/.local/share/keyrings", "700 1000 100 directory"),
-        ("persist/home/alice/.bash_history", "644 1000 100 regular file"),
+        (
+            "persist/home/alice/.local/share/keyrings",
+            "700 1000 100 directory",
+        ),
+        (
+            "persist/home/alice/.bash_history",
+            "644 1000 100 regular file",
+        ),
         ("home/alice", "700 1000 100 directory"),
         ("etc/ssh/ssh_host_ed25519_key", "600 0 0 regular file"),
     ];

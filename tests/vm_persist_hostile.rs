@@ -31,11 +31,23 @@ fn planted_symlinks_are_refused_and_nothing_outside_is_touched() {
     let a = common::assets();
     let built = build_initrd(&a, "persist-hostile", &reference_config(&a));
     let disk = common::overlay(&a.base_disk, "persist-hostile");
-    let before = disk_shell::run(&a, "persist-hostile-plant", &disk, &format!("{PLANT}\n{REPORT}"));
+    let before = disk_shell::run(
+        &a,
+        "persist-hostile-plant",
+        &disk,
+        &format!("{PLANT}\n{REPORT}"),
+    );
 
     // Phase 2 only reads: the checker stands for the next system's init.
-    let mut vm = boot(&a, "persist-hostile", &built.initrd, &disk, "checker.phase=2 checker.expect_id=0");
-    vm.wait_exit(BOOT_TIMEOUT).expect("the boot goes on to the real init");
+    let mut vm = boot(
+        &a,
+        "persist-hostile",
+        &built.initrd,
+        &disk,
+        "checker.phase=2 checker.expect_id=0",
+    );
+    vm.wait_exit(BOOT_TIMEOUT)
+        .expect("the boot goes on to the real init");
     let t = vm.transcript();
     assert!(
         t.contains("persist[0].files[0]: not persisting /etc/machine-id: source refused: /sysroot/persist/etc/machine-id is a symbolic link; refusing to follow it"),
@@ -45,18 +57,32 @@ fn planted_symlinks_are_refused_and_nothing_outside_is_touched() {
         t.contains("persist[0].directories[0]: not persisting /var/lib/systemd: source refused: /sysroot/persist/var/lib/systemd is a symbolic link; refusing to follow it"),
         "{t}"
     );
-    assert!(t.contains("2 persisted path(s) refused"), "the summary counts them: {t}");
-    assert!(t.contains("EMBER-CHECK ok mount-persist"), "the boot continued: {t}");
+    assert!(
+        t.contains("2 persisted path(s) refused"),
+        "the summary counts them: {t}"
+    );
+    assert!(
+        t.contains("EMBER-CHECK ok mount-persist"),
+        "the boot continued: {t}"
+    );
     drop(vm);
 
     let after = disk_shell::run(&a, "persist-hostile-inspect", &disk, REPORT);
     let lines = |s: &str| -> Vec<String> {
         s.lines()
             .map(str::trim)
-            .filter(|l| ["SHADOW", "HOME", "NOTES", "LINK1", "LINK2"].iter().any(|p| l.starts_with(p)))
+            .filter(|l| {
+                ["SHADOW", "HOME", "NOTES", "LINK1", "LINK2"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
             .map(str::to_string)
             .collect()
     };
-    assert_eq!(lines(&before), lines(&after), "nothing outside the persist root changed");
+    assert_eq!(
+        lines(&before),
+        lines(&after),
+        "nothing outside the persist root changed"
+    );
     assert_eq!(lines(&after).len(), 5);
 }

@@ -139,23 +139,17 @@ pub fn build(inputs: &Inputs) -> Result<Built, BuildError> {
     archive.add_file("etc/ember/config.json", 0o644, json)?;
 
     // Keyfiles: every configured one must be supplied, and only those.
-    for (i, luks) in checked.config.luks.iter().enumerate() {
-        if let Some(path) = &luks.keyfile
-            && !inputs.keyfiles.iter().any(|(_, d)| d == path.as_str())
-        {
+    let wanted_keyfiles = checked.config.initrd_keyfiles();
+    for (field, path) in &wanted_keyfiles {
+        if !inputs.keyfiles.iter().any(|(_, d)| d == path.as_str()) {
             return Err(BuildError::MissingKeyfile {
-                field: format!("luks[{i}].keyfile"),
+                field: field.clone(),
                 path: path.to_string(),
             });
         }
     }
     for (src, dst) in &inputs.keyfiles {
-        if !checked
-            .config
-            .luks
-            .iter()
-            .any(|l| l.keyfile.as_ref().is_some_and(|k| k.as_str() == dst))
-        {
+        if !wanted_keyfiles.iter().any(|(_, k)| k.as_str() == dst) {
             return Err(BuildError::UnusedKeyfile { path: dst.clone() });
         }
         archive.add_file(&dest(dst)?, 0o400, read(src)?)?;

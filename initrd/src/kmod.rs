@@ -115,6 +115,11 @@ pub struct ResolvedModule {
     /// order, so a loader may start this module as soon as all of these
     /// are in.
     pub deps: Vec<String>,
+    /// The module's `cpu:` aliases from modules.alias: a CPU-feature driver
+    /// (aesni_intel, padlock_aes) that the loader skips when none matches
+    /// the CPU's modalias, as udev would. Empty for every other module.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu: Vec<String>,
 }
 
 impl ModuleTree {
@@ -258,6 +263,7 @@ impl ModuleTree {
             .into_iter()
             .map(|o| ResolvedModule {
                 path: self.initramfs_path(&o.name),
+                cpu: self.aliases.cpu_patterns_of(&o.name),
                 name: o.name,
                 deps: o.needs,
             })

@@ -3,6 +3,7 @@
 
 pub mod abspath;
 pub mod device;
+pub mod keys;
 pub mod persist;
 pub mod schema;
 pub mod validate;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub use abspath::AbsPath;
 pub use device::DeviceSpec;
+pub use keys::KeySpec;
 pub use persist::{Attr, Method, PersistItem, PersistUser};
 pub use schema::*;
 pub use validate::{EntryKind, FieldIssue, Findings, PersistDisposition, PersistEntry};
@@ -190,6 +192,19 @@ impl Config {
         }
         if !self.btrfs.is_empty() {
             out.push("btrfs".to_string());
+        }
+        // A keyfile on a USB key: FAT with the code page and the I/O
+        // character sets kernels default to (Debian: ascii; others: utf8, iso8859-1).
+        if self.has_key_device_files() {
+            for m in [
+                "vfat",
+                "nls_cp437",
+                "nls_ascii",
+                "nls_utf8",
+                "nls_iso8859_1",
+            ] {
+                out.push(m.to_string());
+            }
         }
         for m in &self.kernel_modules {
             if !out.contains(m) {

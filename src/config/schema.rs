@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use super::abspath::AbsPath;
 use super::device::DeviceSpec;
+use super::keys::KeySpec;
 use super::persist::{PersistItem, PersistUser};
 
 fn default_init() -> AbsPath {
@@ -61,6 +62,17 @@ pub enum FailurePolicy {
     Reboot,
     /// Power off after printing the message.
     Poweroff,
+    /// Run the whole boot again (every step is idempotent) up to
+    /// `RETRY_ROUNDS` more times, `RETRY_PAUSE_SECS` apart: a key or disk
+    /// plugged in late. Then the rescue shell if present, else halt.
+    Retry,
+}
+
+impl FailurePolicy {
+    /// How many times `retry` runs the boot again.
+    pub const RETRY_ROUNDS: u32 = 3;
+    /// Seconds between two rounds of `retry`.
+    pub const RETRY_PAUSE_SECS: u64 = 5;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,13 +82,21 @@ pub struct LuksDevice {
     pub name: String,
     /// The LUKS2 device: `LABEL=`, `UUID=`, `PARTLABEL=`, `PARTUUID=` or `/dev/...`.
     pub device: DeviceSpec,
-    /// A keyfile inside the initrd. Without one, ember asks for a passphrase
-    /// on the console.
+    /// A keyfile inside the initrd. Without one (and without `keys`), ember
+    /// asks for a passphrase on the console. Shorthand for `keys = [{ keyfile = ... }]`.
     #[serde(default)]
     pub keyfile: Option<AbsPath>,
+    /// Key sources, tried in order: keyfiles in the initrd or on another
+    /// device, `"passphrase"` (see `config::keys`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeySpec>,
     /// How many passphrases to accept before the failure policy applies.
     #[serde(default = "default_tries")]
     pub passphrase_tries: u32,
+    /// Give up on the passphrase when none is entered within this many
+    /// seconds (unset: wait forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_timeout_secs: Option<u32>,
     /// Pass TRIM/discard requests through dm-crypt (`allow-discards`).
     #[serde(default)]
     pub allow_discards: bool,

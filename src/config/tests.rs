@@ -238,6 +238,25 @@ fn rollback_paths_with_nul_found_by_fuzzing() {
 }
 
 #[test]
+fn persist_option_with_comma_found_by_fuzzing() {
+    // cargo fuzz config_toml and config_json: `x-gvf,s-hide` validated as
+    // one x-* option; libmount would read two from /run/mount/utab.
+    for bad in ["x-gvf,s-hide", "x-a\\u0000b"] {
+        let text = REFERENCE.replace(
+            "root = \"/persist\"\n",
+            &format!("root = \"/persist\"\noptions = [\"{bad}\"]\n"),
+        );
+        let errs = errors_of(&text);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("persist[0].files[0].options[0]: `")
+                    && e.ends_with("` holds a `,` or NUL; give one option per list entry")),
+            "{errs:?}"
+        );
+    }
+}
+
+#[test]
 fn syntax_errors_are_reported_with_origin() {
     let err = check_str("[[luks]\nname=", Syntax::Toml, "broken.toml")
         .expect_err("rejected")

@@ -420,6 +420,7 @@ pub fn validate(config: &Config) -> Findings {
         );
     }
 
+    super::keys::check(config, &mut f);
     check_persist(config, &mut f);
     check_rollback(config, &mut f);
     f
@@ -660,7 +661,17 @@ fn check_persist(config: &Config, f: &mut Findings) {
     }
     for e in &entries {
         for (k, opt) in e.options.iter().enumerate() {
-            if !(opt.starts_with("x-") || BIND_FLAG_OPTIONS.contains(&opt.as_str())) {
+            // Flags and x-* options are each one item: x-* ones are written
+            // comma-separated to /run/mount/utab.
+            if opt.contains(',') || opt.contains('\0') {
+                f.error(
+                    format!("{}.options[{k}]", e.field),
+                    format!(
+                        "`{}` holds a `,` or NUL; give one option per list entry",
+                        opt.escape_debug()
+                    ),
+                );
+            } else if !(opt.starts_with("x-") || BIND_FLAG_OPTIONS.contains(&opt.as_str())) {
                 f.error(
                     format!("{}.options[{k}]", e.field),
                     format!(

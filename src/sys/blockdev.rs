@@ -6,14 +6,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use libblkid_rs::{BlkidProbe, BlkidSublks, BlkidSublksFlags};
 
 use super::gpt;
-use super::uevent::UeventSocket;
+use super::uevent::{Uevent, UeventSocket, clear_eventfd, eventfd, poll_readable, signal_eventfd};
 use crate::config::DeviceSpec;
 use crate::config::device::udev_escape;
 use crate::plan::Wanted;
@@ -189,17 +191,174 @@ impl fmt::Display for Missing {
     }
 }
 
-/// The registry of known block devices, fed by a cold-plug scan and uevents.
+/// The registry of known block devices, kept current by a prober thread:
+/// a cold-plug scan of sysfs, then every uevent as it arrives. Probing
+/// (libblkid reads each device) thus runs while the caller does other work:
+/// the boot starts the registry before loading kernel modules, so the disks
+/// the modules bring up are probed while the rest of the modules load, and a
+/// freshly unlocked mapper device is probed while the first mounts run.
 pub struct Devices {
-    socket: Option<UeventSocket>,
-    known: BTreeMap<String, BlockDevice>,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled whenever the registry changes or a settle request is answered.
+    changed: Condvar,
+    /// Wakes the prober from poll(2) (settle and stop requests); `None`
+    /// when there is no prober.
+    wake: Option<OwnedFd>,
     /// Whether to create `/dev/disk/by-*` links (only as the initrd's init).
     make_links: bool,
 }
 
+#[derive(Default)]
+struct State {
+    known: BTreeMap<String, BlockDevice>,
+    /// Bumped on every change of `known`, so a waiter cannot miss one.
+    generation: u64,
+    /// Settle requests made and answered: a request is answered once the
+    /// prober has handled every queued uevent and probed every device sysfs
+    /// lists that it did not know.
+    requested: u64,
+    answered: u64,
+    stop: bool,
+    /// No prober thread runs (it could not be started, or it ended): callers
+    /// scan sysfs themselves.
+    no_prober: bool,
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The names of the block devices in sysfs.
+fn sysfs_names() -> Vec<String> {
+    let Ok(entries) = fs::read_dir("/sys/class/block") else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    // Partitions before whole disks: a partitioned disk rarely carries
+    // anything a config names, so the wanted device is usually found sooner.
+    names.sort_by_key(|n| {
+        (
+            fs::metadata(format!("/sys/class/block/{n}/partition")).is_err(),
+            n.clone(),
+        )
+    });
+    names
+}
+
+impl Shared {
+    /// Probes `name` (without holding the lock: a probe reads the device)
+    /// and records the result.
+    fn probe_and_insert(&self, name: &str) {
+        let dev = probe(name);
+        log::debug!("block device {dev}");
+        if self.make_links {
+            make_links(&dev);
+        }
+        let mut st = lock(self);
+        st.known.insert(name.to_string(), dev);
+        st.generation += 1;
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    fn remove(&self, name: &str) {
+        let mut st = lock(self);
+        st.known.remove(name);
+        st.generation += 1;
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    fn wake(&self) {
+        if let Some(fd) = &self.wake {
+            signal_eventfd(fd.as_fd());
+        }
+    }
+
+    /// Probes every device in sysfs not yet known.
+    fn scan(&self) {
+        for name in sysfs_names() {
+            if !lock(self).known.contains_key(&name) {
+                self.probe_and_insert(&name);
+            }
+        }
+    }
+
+    fn handle(&self, events: &[Uevent]) {
+        for e in events.iter().filter(|e| e.subsystem == "block") {
+            match (e.action.as_str(), &e.devname) {
+                // A change (a mapper device's table loaded, a partition
+                // table rewritten) may change what is on the device: re-probe.
+                ("add" | "change", Some(name)) => self.probe_and_insert(name),
+                ("remove", Some(name)) => self.remove(name),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The prober thread: cold-plug scan, then uevents until asked to stop.
+fn prober(shared: Arc<Shared>, wake: BorrowedFd<'_>, mut socket: Option<UeventSocket>) {
+    shared.scan();
+    loop {
+        let (requested, answered, stop) = {
+            let st = lock(&shared);
+            (st.requested, st.answered, st.stop)
+        };
+        if requested > answered || stop {
+            // Catch up: every event the kernel queued so far, then sysfs.
+            if let Some(s) = &socket
+                && let Ok(received) = s.drain()
+            {
+                shared.handle(&received.events);
+            }
+            shared.scan();
+            lock(&shared).answered = requested;
+            shared.changed.notify_all();
+            if stop {
+                return;
+            }
+            continue;
+        }
+        match &socket {
+            Some(s) => match s.wait_or_wake(wake, Duration::from_secs(3600)) {
+                Ok(received) => {
+                    shared.handle(&received.events);
+                    if received.overflowed {
+                        // Events were lost: at least pick up what appeared.
+                        shared.scan();
+                    }
+                }
+                Err(e) => {
+                    log::warn!("uevent socket failed ({e}); rescanning sysfs instead");
+                    socket = None;
+                }
+            },
+            None => {
+                if let Ok(ready) = poll_readable(&[wake], Duration::from_millis(100))
+                    && ready.first().copied().unwrap_or(false)
+                {
+                    clear_eventfd(wake);
+                }
+                shared.scan();
+            }
+        }
+    }
+}
+
 impl Devices {
-    /// Opens the uevent socket, then scans sysfs: in that order, so a device
-    /// added in between is announced by an event rather than missed.
+    /// Opens the uevent socket, then starts the prober, which scans sysfs:
+    /// in that order, so a device added in between is announced by an event
+    /// rather than missed. Returns at once; lookups wait for the prober
+    /// where they need to.
     pub fn start(make_links: bool) -> Devices {
         let socket = match UeventSocket::open() {
             Ok(s) => Some(s),
@@ -210,67 +369,132 @@ impl Devices {
                 None
             }
         };
-        let mut devices = Devices {
-            socket,
-            known: BTreeMap::new(),
+        let wake = eventfd()
+            .map_err(|e| {
+                log::warn!(
+                    "cannot create an eventfd ({e}); probing block devices in the foreground"
+                )
+            })
+            .ok();
+        let has_wake = wake.is_some();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            wake,
             make_links,
+        });
+        let thread = if has_wake {
+            let for_thread = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("ember-devices".into())
+                .spawn(move || {
+                    if let Some(fd) = &for_thread.wake {
+                        let fd = fd.as_fd();
+                        prober(Arc::clone(&for_thread), fd, socket);
+                    }
+                })
+                .map_err(|e| log::warn!("cannot start the device prober ({e}); probing block devices in the foreground"))
+                .ok()
+        } else {
+            None
         };
-        devices.scan();
-        devices
+        if thread.is_none() {
+            lock(&shared).no_prober = true;
+            shared.scan();
+        }
+        Devices { shared, thread }
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &BlockDevice> {
-        self.known.values()
-    }
-
-    /// Probes every device in sysfs not yet known.
-    pub fn scan(&mut self) {
-        let Ok(entries) = fs::read_dir("/sys/class/block") else {
+    /// Waits until the registry reflects everything the kernel has announced
+    /// so far (queued uevents handled, every device in sysfs probed).
+    pub fn settle(&self) {
+        let mut st = lock(&self.shared);
+        if st.no_prober {
+            drop(st);
+            self.shared.scan();
             return;
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        names.sort();
-        for name in names {
-            if !self.known.contains_key(&name) {
-                self.add(&name);
-            }
+        }
+        st.requested += 1;
+        let want = st.requested;
+        self.shared.wake();
+        while st.answered < want && !st.no_prober {
+            st = self
+                .shared
+                .changed
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 
-    /// (Re-)probes one device, e.g. after it was unlocked.
+    /// Every known device (after [`Devices::settle`]).
+    pub fn all(&self) -> Vec<BlockDevice> {
+        self.settle();
+        lock(&self.shared).known.values().cloned().collect()
+    }
+
+    /// Asks the prober to look for devices it does not know yet (e.g. after
+    /// unlocking, the new mapper device) without waiting for it: a later
+    /// lookup that needs the device waits then.
+    pub fn scan(&mut self) {
+        if lock(&self.shared).no_prober {
+            self.shared.scan();
+            return;
+        }
+        lock(&self.shared).requested += 1;
+        self.shared.wake();
+    }
+
+    /// (Re-)probes one device now, e.g. after it was unlocked.
     pub fn add(&mut self, name: &str) {
-        let dev = probe(name);
-        log::debug!("block device {dev}");
-        if self.make_links {
-            make_links(&dev);
-        }
-        self.known.insert(name.to_string(), dev);
+        self.shared.probe_and_insert(name);
     }
 
-    pub fn find(&self, spec: &DeviceSpec) -> Option<&BlockDevice> {
-        self.known.values().find(|d| d.matches(spec))
+    fn find_known(&self, spec: &DeviceSpec) -> Option<BlockDevice> {
+        lock(&self.shared)
+            .known
+            .values()
+            .find(|d| d.matches(spec))
+            .cloned()
+    }
+
+    /// The device matching `spec`; if none is known, after letting the
+    /// prober catch up with what the kernel has announced.
+    pub fn find(&self, spec: &DeviceSpec) -> Option<BlockDevice> {
+        self.find_known(spec).or_else(|| {
+            self.settle();
+            self.find_known(spec)
+        })
+    }
+
+    fn resolve_known(&self, spec: &DeviceSpec) -> Option<String> {
+        if let DeviceSpec::Path(p) = spec
+            && fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
+        {
+            return Some(p.clone());
+        }
+        self.find_known(spec).map(|d| d.devnode())
     }
 
     /// Resolves a spec to a device node path, or `None` if absent.
     /// A path spec resolves to itself (so mounts show `/dev/mapper/cryptroot`,
     /// not `/dev/dm-0`); tags resolve to the kernel's device node.
     pub fn resolve(&self, spec: &DeviceSpec) -> Option<String> {
-        if let DeviceSpec::Path(p) = spec
-            && fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
-        {
-            return Some(p.clone());
-        }
-        self.find(spec).map(BlockDevice::devnode)
+        self.resolve_known(spec).or_else(|| {
+            self.settle();
+            self.resolve_known(spec)
+        })
     }
 
     fn seen(&self) -> Vec<String> {
-        self.known.values().map(|d| d.to_string()).collect()
+        lock(&self.shared)
+            .known
+            .values()
+            .map(|d| d.to_string())
+            .collect()
     }
 
-    /// Waits until every wanted device resolves, reacting to uevents.
+    /// Waits until every wanted device resolves: the prober announces each
+    /// device it probes, and this re-checks then (no polling).
     pub fn wait_for(
         &mut self,
         wanted: &[Wanted],
@@ -278,19 +502,23 @@ impl Devices {
     ) -> Result<Vec<String>, Missing> {
         let start = Instant::now();
         loop {
+            // The change count before the check: a device probed between the
+            // check and the wait below still ends the wait.
+            let generation = lock(&self.shared).generation;
             let missing: Vec<Wanted> = wanted
                 .iter()
-                .filter(|w| self.resolve(&w.spec).is_none())
+                .filter(|w| self.resolve_known(&w.spec).is_none())
                 .cloned()
                 .collect();
             if missing.is_empty() {
                 return Ok(wanted
                     .iter()
-                    .filter_map(|w| self.resolve(&w.spec))
+                    .filter_map(|w| self.resolve_known(&w.spec))
                     .collect());
             }
             let elapsed = start.elapsed();
             if elapsed >= timeout {
+                self.settle();
                 return Err(Missing {
                     wanted: missing,
                     seen: self.seen(),
@@ -298,29 +526,44 @@ impl Devices {
                 });
             }
             let remaining = timeout - elapsed;
-            match &self.socket {
-                Some(socket) => match socket.wait(remaining) {
-                    Ok(events) => {
-                        for e in events.iter().filter(|e| e.subsystem == "block") {
-                            match (e.action.as_str(), &e.devname) {
-                                ("add" | "change", Some(name)) => self.add(name),
-                                ("remove", Some(name)) => {
-                                    self.known.remove(name);
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        log::warn!("uevent socket failed ({e}); rescanning sysfs instead");
-                        self.socket = None;
-                    }
-                },
-                None => {
-                    std::thread::sleep(remaining.min(Duration::from_millis(100)));
-                    self.scan();
-                }
+            let mut st = lock(&self.shared);
+            if st.no_prober {
+                drop(st);
+                std::thread::sleep(remaining.min(Duration::from_millis(100)));
+                self.shared.scan();
+                continue;
             }
+            // A path spec (a device node appearing) is not something the
+            // registry announces: re-check those at least every 100 ms.
+            let deadline = Instant::now() + remaining.min(Duration::from_millis(100));
+            while st.generation == generation {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                st = self
+                    .shared
+                    .changed
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+    }
+}
+
+impl Drop for Devices {
+    /// Lets the prober finish what the kernel announced (so every link
+    /// exists), then stops it.
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            {
+                let mut st = lock(&self.shared);
+                st.stop = true;
+                st.requested += 1;
+            }
+            self.shared.wake();
+            let _ = thread.join();
         }
     }
 }

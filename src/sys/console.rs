@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 use rustix::termios::{self, LocalModes, OptionalActions};
 
@@ -40,8 +41,42 @@ impl Drop for EchoGuard<'_> {
     }
 }
 
-/// Prints `prompt` and reads one line without echo. `Ok(None)` on end of input.
-pub fn read_passphrase(tty: &mut File, prompt: &str) -> io::Result<Option<Secret>> {
+/// Waits until `tty` has input or `deadline` passes (`TimedOut`).
+fn wait_readable(tty: &File, deadline: Option<Instant>) -> io::Result<()> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let Some(deadline) = deadline else {
+        return Ok(());
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no passphrase was entered in time",
+            ));
+        }
+        let mut fds = [PollFd::new(tty, PollFlags::IN)];
+        let timeout = Timespec {
+            tv_sec: left.as_secs() as _,
+            tv_nsec: left.subsec_nanos() as _,
+        };
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(0) => continue,
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Prints `prompt` and reads one line without echo. `Ok(None)` on end of
+/// input; `TimedOut` when `timeout` passes first.
+pub fn read_passphrase(
+    tty: &mut File,
+    prompt: &str,
+    timeout: Option<Duration>,
+) -> io::Result<Option<Secret>> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     // Anything typed before the prompt (type-ahead) would have been echoed by
     // the line discipline; drop it rather than use it.
     let _ = termios::tcflush(&*tty, termios::QueueSelector::IFlush);
@@ -66,6 +101,11 @@ pub fn read_passphrase(tty: &mut File, prompt: &str) -> io::Result<Option<Secret
     let mut byte = [0u8; 1];
     let mut got_any = false;
     loop {
+        if let Err(e) = wait_readable(reader, deadline) {
+            drop(guard);
+            let _ = out.write_all(b"\n");
+            return Err(e);
+        }
         match reader.read(&mut byte) {
             Ok(0) => {
                 if !got_any {

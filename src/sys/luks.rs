@@ -1,19 +1,34 @@
 //! Opening LUKS2 volumes through libcryptsetup. libdevmapper (built without
 //! udev sync) creates the /dev/mapper node itself.
+//!
+//! One key is tried against the keyslots in the order `volumes::keyslot_order`
+//! gives (hint first, token-bound keyslots last), one keyslot at a time: each
+//! try is a full key derivation, so a good order saves seconds.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use libcryptsetup_rs::consts::flags::CryptActivate;
-use libcryptsetup_rs::consts::vals::EncryptionFormat;
-use libcryptsetup_rs::{CryptInit, LibcryptErr};
+use libcryptsetup_rs::consts::vals::{EncryptionFormat, KeyslotInfo, KeyslotPriority};
+use libcryptsetup_rs::{CryptDevice, CryptInit, LibcryptErr};
+
+use crate::cmdline::ActivationFlag;
+use crate::modules::ModuleManifest;
+use crate::volumes::{self, SlotHint, SlotInfo, SlotPriority};
 
 /// Why a volume did not open. Never carries key material.
 #[derive(Debug, thiserror::Error)]
 pub enum LuksError {
-    #[error("{device} is not a LUKS2 volume, or its header is damaged ({reason})")]
+    #[error(
+        "{device} has no LUKS header (is it the right device, or was the header overwritten?): {reason}"
+    )]
     NotLuks { device: String, reason: String },
+    #[error(
+        "the LUKS2 header of {device} is damaged ({reason}); nothing was written to it. With a header backup: cryptsetup luksHeaderRestore {device} --header-backup-file FILE"
+    )]
+    HeaderDamaged { device: String, reason: String },
     #[error("the key does not open any keyslot of {device}")]
     WrongKey { device: String },
     #[error("cannot activate {device} as /dev/mapper/{name}: {reason}{hint}")]
@@ -21,7 +36,7 @@ pub enum LuksError {
         device: String,
         name: String,
         reason: String,
-        hint: &'static str,
+        hint: String,
     },
     #[error("cannot use {device}: {reason}")]
     Open { device: String, reason: String },
@@ -61,69 +76,410 @@ pub fn route_library_log() {
 
 /// Whether /dev/mapper/<name> is already active (rescue shell reruns).
 pub fn is_active(name: &str) -> bool {
-    std::fs::read_dir("/sys/class/block")
-        .map(|entries| {
-            entries.filter_map(|e| e.ok()).any(|e| {
-                std::fs::read_to_string(e.path().join("dm/name")).is_ok_and(|n| n.trim() == name)
-            })
-        })
-        .unwrap_or(false)
+    active_dm_node(name).is_some()
 }
 
-/// Opens `device` as /dev/mapper/<name> with `key` (passphrase or keyfile bytes).
-pub fn open(device: &str, name: &str, key: &[u8], allow_discards: bool) -> Result<(), LuksError> {
-    let mut dev = CryptInit::init(Path::new(device)).map_err(|e| LuksError::Open {
-        device: device.to_string(),
-        reason: e.to_string(),
-    })?;
-    dev.context_handle()
-        .load::<()>(Some(EncryptionFormat::Luks2), None)
-        .map_err(|e| LuksError::NotLuks {
+/// The kernel name (`dm-0`) of the active device-mapper device `name`.
+pub fn active_dm_node(name: &str) -> Option<String> {
+    std::fs::read_dir("/sys/class/block")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| std::fs::read_to_string(e.path().join("dm/name")).is_ok_and(|n| n.trim() == name))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// The device-mapper name of whatever already holds `device` open
+/// (`/dev/vda2` opened as `cryptroot`), from sysfs `holders/`.
+pub fn holder_of(device: &str) -> Option<String> {
+    let real = std::fs::canonicalize(device).ok()?;
+    let kname = real.file_name()?.to_string_lossy().into_owned();
+    std::fs::read_dir(format!("/sys/class/block/{kname}/holders"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let n = std::fs::read_to_string(e.path().join("dm/name")).ok()?;
+            Some(n.trim().to_string())
+        })
+}
+
+/// Activation flags for a volume.
+pub fn flags(allow_discards: bool, extra: &[ActivationFlag]) -> CryptActivate {
+    let mut f = CryptActivate::empty();
+    if allow_discards {
+        f |= CryptActivate::ALLOW_DISCARDS;
+    }
+    for x in extra {
+        f |= match x {
+            ActivationFlag::ReadOnly => CryptActivate::READONLY,
+            ActivationFlag::NoReadWorkqueue => CryptActivate::NO_READ_WORKQUEUE,
+            ActivationFlag::NoWriteWorkqueue => CryptActivate::NO_WRITE_WORKQUEUE,
+            ActivationFlag::SameCpuCrypt => CryptActivate::SAME_CPU_CRYPT,
+            ActivationFlag::SubmitFromCryptCpus => CryptActivate::SUBMIT_FROM_CRYPT_CPUS,
+        };
+    }
+    f
+}
+
+/// A LUKS2 volume whose header was read, ready for keys.
+pub struct Volume {
+    dev: CryptDevice,
+    device: String,
+    slots: Vec<SlotInfo>,
+}
+
+/// How a key fitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub keyslot: u32,
+    /// Keyslots tried (key derivations run), the fitting one included.
+    pub tried: usize,
+    pub took: Duration,
+}
+
+/// Looks for the LUKS magic at the start of the device (primary header
+/// `LUKS\xba\xbe`, LUKS2 secondary `SKUL\xba\xbe`).
+fn has_luks_magic(device: &str) -> bool {
+    let mut b = [0u8; 6];
+    std::fs::File::open(device)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+        && (b == *b"LUKS\xba\xbe" || b == *b"SKUL\xba\xbe")
+}
+
+impl Volume {
+    /// Reads the LUKS2 header of `device`. Nothing is written.
+    pub fn load(device: &str) -> Result<Volume, LuksError> {
+        let mut dev = CryptInit::init(Path::new(device)).map_err(|e| LuksError::Open {
             device: device.to_string(),
-            reason: e.to_string(),
+            reason: io_reason(&e),
         })?;
-    let flags = if allow_discards {
-        CryptActivate::ALLOW_DISCARDS
-    } else {
-        CryptActivate::empty()
-    };
-    match dev
-        .activate_handle()
-        .activate_by_passphrase(Some(name), None, key, flags)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if errno_of(&e) == Some(libc::EPERM) => Err(LuksError::WrongKey {
+        if let Err(e) = dev
+            .context_handle()
+            .load::<()>(Some(EncryptionFormat::Luks2), None)
+        {
+            let reason = io_reason(&e);
+            return Err(if has_luks_magic(device) {
+                LuksError::HeaderDamaged {
+                    device: device.to_string(),
+                    reason,
+                }
+            } else {
+                LuksError::NotLuks {
+                    device: device.to_string(),
+                    reason,
+                }
+            });
+        }
+        let slots = read_slots(&mut dev);
+        Ok(Volume {
+            dev,
             device: device.to_string(),
-        }),
-        Err(e) => {
-            let hint = match errno_of(&e) {
-                Some(libc::EBUSY) | Some(libc::EEXIST) => {
-                    "; the device or the mapper name is already in use"
+            slots,
+        })
+    }
+
+    pub fn slots(&self) -> &[SlotInfo] {
+        &self.slots
+    }
+
+    /// The data cipher (`aes`, `xts-plain64`).
+    pub fn cipher(&mut self) -> (String, String) {
+        let mut s = self.dev.status_handle();
+        (
+            s.get_cipher().unwrap_or_default(),
+            s.get_cipher_mode().unwrap_or_default(),
+        )
+    }
+
+    /// Tries `key` on the keyslots in ember's order and, if one fits,
+    /// activates the volume as `name` (`None`: only check the key, no
+    /// device-mapper device; works on an image file without root).
+    pub fn open(
+        &mut self,
+        name: Option<&str>,
+        key: &[u8],
+        flags: &CryptActivate,
+        hint: SlotHint,
+        manifest: Option<&ModuleManifest>,
+    ) -> Result<Opened, LuksError> {
+        let start = Instant::now();
+        let order = volumes::keyslot_order(&self.slots, hint);
+        // No readable keyslot metadata: let libcryptsetup try them all.
+        let attempts: Vec<Option<u32>> = if order.is_empty() {
+            vec![None]
+        } else {
+            order.into_iter().map(Some).collect()
+        };
+        for (done, slot) in attempts.into_iter().enumerate() {
+            let tried = done + 1;
+            match self.dev.activate_handle().activate_by_passphrase(
+                name,
+                slot,
+                key,
+                CryptActivate::from_bits_retain(flags.bits()),
+            ) {
+                Ok(n) => {
+                    return Ok(Opened {
+                        keyslot: n,
+                        tried,
+                        took: start.elapsed(),
+                    });
                 }
-                Some(libc::ENOENT) | Some(libc::ENOTSUP) | Some(libc::EINVAL) => {
-                    "; the kernel may lack dm-crypt or the volume's cipher (check that dm_crypt, xts and aes modules are in the initrd)"
+                Err(e) if matches!(errno_of(&e), Some(libc::EPERM)) => continue,
+                Err(e) => return Err(self.activation_error(name, &e, manifest)),
+            }
+        }
+        Err(LuksError::WrongKey {
+            device: self.device.clone(),
+        })
+    }
+
+    fn activation_error(
+        &mut self,
+        name: Option<&str>,
+        e: &LibcryptErr,
+        manifest: Option<&ModuleManifest>,
+    ) -> LuksError {
+        let errno = errno_of(e);
+        let (cipher, mode) = self.cipher();
+        let hint = match errno {
+            Some(libc::EBUSY) | Some(libc::EEXIST) => {
+                "; the device or the mapper name is already in use".to_string()
+            }
+            Some(libc::ENOMEM) => "; not enough memory for the keyslot's key derivation".into(),
+            _ => match missing_kernel_support(&cipher, &mode, manifest) {
+                Some(m) => format!("; {m}"),
+                None if matches!(
+                    errno,
+                    Some(libc::ENOENT) | Some(libc::ENOTSUP) | Some(libc::EINVAL)
+                ) =>
+                {
+                    format!("; the kernel may lack dm-crypt or the volume's cipher {cipher}-{mode}")
                 }
-                Some(libc::ENODEV) | Some(libc::ENXIO) => {
-                    "; device-mapper is not available (is dm_mod loaded?)"
-                }
-                Some(libc::ENOMEM) => "; not enough memory for the keyslot's key derivation",
-                _ => "",
-            };
-            Err(LuksError::Activate {
-                device: device.to_string(),
-                name: name.to_string(),
-                reason: io_reason(&e),
-                hint,
-            })
+                None => String::new(),
+            },
+        };
+        LuksError::Activate {
+            device: self.device.clone(),
+            name: name.unwrap_or("(key check only)").to_string(),
+            reason: io_reason(e),
+            hint,
         }
     }
 }
 
+/// Reads keyslot status, priority and token assignments from the header.
+fn read_slots(dev: &mut CryptDevice) -> Vec<SlotInfo> {
+    const MAX: u32 = crate::config::keys::MAX_KEYSLOT + 1;
+    let mut slots = Vec::new();
+    for slot in 0..MAX {
+        match dev.keyslot_handle().status(slot) {
+            Ok(KeyslotInfo::Active | KeyslotInfo::ActiveLast) => {}
+            _ => continue,
+        }
+        let priority = match dev.keyslot_handle().get_priority(slot) {
+            Ok(KeyslotPriority::Ignore) => SlotPriority::Ignore,
+            Ok(KeyslotPriority::Prefer) => SlotPriority::Prefer,
+            _ => SlotPriority::Normal,
+        };
+        slots.push(SlotInfo {
+            slot,
+            priority,
+            tokens: Vec::new(),
+        });
+    }
+    for token in 0..MAX {
+        use libcryptsetup_rs::CryptTokenInfo;
+        match dev.token_handle().status(token) {
+            Ok(CryptTokenInfo::Inactive | CryptTokenInfo::Invalid) | Err(_) => continue,
+            Ok(_) => {}
+        }
+        for s in &mut slots {
+            if dev
+                .token_handle()
+                .is_assigned(token, s.slot)
+                .unwrap_or(false)
+            {
+                s.tokens.push(token);
+            }
+        }
+    }
+    slots
+}
+
+/// Names the kernel module missing for dm-crypt with `cipher`-`mode`, if
+/// one is: device-mapper, the dm-crypt target, the mode's template (`xts`)
+/// or the cipher (`aes`). `None` when everything seems present.
+pub fn missing_kernel_support(
+    cipher: &str,
+    mode: &str,
+    manifest: Option<&ModuleManifest>,
+) -> Option<String> {
+    let proc_crypto = std::fs::read_to_string("/proc/crypto").unwrap_or_default();
+    let kernel = KernelFacts {
+        crypto_names: proc_crypto
+            .lines()
+            .filter_map(|l| l.strip_prefix("name"))
+            .filter_map(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .collect(),
+        device_mapper: Path::new("/dev/mapper/control").exists()
+            || std::fs::read_to_string("/proc/misc").is_ok_and(|m| m.contains("device-mapper")),
+        module_loaded: &|m: &str| Path::new("/sys/module").join(m).exists(),
+    };
+    missing_from(cipher, mode, manifest, &kernel)
+}
+
+/// What the running kernel has, as far as dm-crypt needs.
+pub struct KernelFacts<'a> {
+    /// `name` fields of /proc/crypto.
+    pub crypto_names: Vec<String>,
+    /// /dev/mapper/control or `device-mapper` in /proc/misc.
+    pub device_mapper: bool,
+    /// /sys/module/<name> exists.
+    pub module_loaded: &'a dyn Fn(&str) -> bool,
+}
+
+/// [`missing_kernel_support`] over given facts (pure).
+pub fn missing_from(
+    cipher: &str,
+    mode: &str,
+    manifest: Option<&ModuleManifest>,
+    k: &KernelFacts<'_>,
+) -> Option<String> {
+    let loaded = |m: &str| {
+        (k.module_loaded)(m)
+            || manifest.is_some_and(|man| man.builtin.iter().any(|b| b.replace('-', "_") == m))
+    };
+    let why = |m: &str| match manifest {
+        Some(man) if man.modules.iter().any(|x| x.name == m) => format!(
+            "kernel module {m} is in the initrd but not loaded (see the module messages above)"
+        ),
+        Some(_) => format!(
+            "kernel module {m} is not loaded and not in this initrd: add \"{m}\" to kernel_modules and rebuild the initrd"
+        ),
+        None => format!("kernel module {m} is not loaded"),
+    };
+    if !k.device_mapper && !loaded("dm_mod") {
+        return Some(why("dm_mod"));
+    }
+    if !loaded("dm_crypt") {
+        return Some(why("dm_crypt"));
+    }
+    // `xts-plain64` -> template `xts`; `cbc-essiv:sha256` -> `cbc`.
+    let template = mode.split(['-', ':']).next().unwrap_or_default();
+    if !template.is_empty()
+        && template != "ecb"
+        && !loaded(template)
+        && !k
+            .crypto_names
+            .iter()
+            .any(|n| n.starts_with(&format!("{template}(")))
+    {
+        return Some(format!(
+            "{} (mode {mode} of cipher {cipher})",
+            why(template)
+        ));
+    }
+    if !cipher.is_empty()
+        && !k.crypto_names.iter().any(|n| n == cipher)
+        && !loaded(cipher)
+        && !loaded(&format!("{cipher}_generic"))
+    {
+        return Some(format!(
+            "the kernel has no {cipher} cipher ({})",
+            why(&format!("{cipher}_generic"))
+        ));
+    }
+    None
+}
+
 fn io_reason(e: &LibcryptErr) -> String {
     match e {
-        LibcryptErr::IOError(io) => {
-            io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(0)).to_string()
-        }
+        LibcryptErr::IOError(io) => super::keyfile::os_text(&io::Error::from_raw_os_error(
+            io.raw_os_error().unwrap_or(0),
+        )),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(modules: &[&str], builtin: &[&str]) -> ModuleManifest {
+        // Through JSON, as the builder writes it (and whatever fields it grows).
+        let modules: Vec<String> = modules
+            .iter()
+            .map(|m| format!(r#"{{"name":"{m}","path":"lib/modules/6.1/{m}.ko","deps":[]}}"#))
+            .collect();
+        let builtin: Vec<String> = builtin.iter().map(|b| format!("\"{b}\"")).collect();
+        serde_json::from_str(&format!(
+            r#"{{"kernel_version":"6.1","modules":[{}],"builtin":[{}]}}"#,
+            modules.join(","),
+            builtin.join(",")
+        ))
+        .expect("manifest")
+    }
+
+    fn facts<'a>(loaded: &'a dyn Fn(&str) -> bool, crypto: &[&str]) -> KernelFacts<'a> {
+        KernelFacts {
+            crypto_names: crypto.iter().map(|c| c.to_string()).collect(),
+            device_mapper: loaded("dm_mod"),
+            module_loaded: loaded,
+        }
+    }
+
+    #[test]
+    fn names_the_missing_module() {
+        let m = manifest(&["dm_mod", "dm_crypt", "xts"], &["aes"]);
+        let none = |_: &str| false;
+        let only_dm = |n: &str| n == "dm_mod";
+        let dm_and_crypt = |n: &str| n == "dm_mod" || n == "dm_crypt";
+        let all = |n: &str| ["dm_mod", "dm_crypt", "xts"].contains(&n);
+        assert_eq!(
+            missing_from("aes", "xts-plain64", Some(&m), &facts(&none, &[])).as_deref(),
+            Some(
+                "kernel module dm_mod is in the initrd but not loaded (see the module messages above)"
+            )
+        );
+        let no_crypt = manifest(&["dm_mod"], &[]);
+        assert_eq!(
+            missing_from("aes", "xts-plain64", Some(&no_crypt), &facts(&only_dm, &[])).as_deref(),
+            Some(
+                "kernel module dm_crypt is not loaded and not in this initrd: add \"dm_crypt\" to kernel_modules and rebuild the initrd"
+            )
+        );
+        assert_eq!(
+            missing_from(
+                "aes",
+                "xts-plain64",
+                Some(&m),
+                &facts(&dm_and_crypt, &["aes"])
+            )
+            .as_deref(),
+            Some(
+                "kernel module xts is in the initrd but not loaded (see the module messages above) (mode xts-plain64 of cipher aes)"
+            )
+        );
+        assert_eq!(
+            missing_from(
+                "aes",
+                "xts-plain64",
+                Some(&m),
+                &facts(&dm_and_crypt, &["xts(aes)"])
+            ),
+            None,
+            "an instantiated template counts"
+        );
+        assert_eq!(
+            missing_from("serpent", "xts-plain64", None, &facts(&all, &["aes"])).as_deref(),
+            Some("the kernel has no serpent cipher (kernel module serpent_generic is not loaded)")
+        );
+        assert_eq!(
+            missing_from("aes", "xts-plain64", Some(&m), &facts(&all, &[])),
+            None,
+            "aes is built in"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! device can slip between the scan and the first event.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// One kernel uevent, reduced to what device discovery needs.
@@ -92,22 +92,25 @@ impl UeventSocket {
     /// Waits up to `timeout` for events and returns all that are queued.
     /// An empty result means the timeout passed.
     pub fn wait(&self, timeout: Duration) -> io::Result<Vec<Uevent>> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                return Ok(Vec::new());
-            }
-            return Err(err);
+        poll_readable(&[self.fd.as_fd()], timeout)?;
+        Ok(self.drain()?.events)
+    }
+
+    /// Sleeps until events are queued, `wake` becomes readable (an eventfd
+    /// another thread writes to; it is read here, which clears it), or
+    /// `timeout` passes; then returns every queued event without blocking.
+    pub fn wait_or_wake(&self, wake: BorrowedFd<'_>, timeout: Duration) -> io::Result<Received> {
+        let ready = poll_readable(&[self.fd.as_fd(), wake], timeout)?;
+        if ready.get(1).copied().unwrap_or(false) {
+            clear_eventfd(wake);
         }
-        let mut events = Vec::new();
+        self.drain()
+    }
+
+    /// Every event queued right now (never blocks: the socket is non-blocking).
+    pub fn drain(&self) -> io::Result<Received> {
+        let mut received = Received::default();
+        let events = &mut received.events;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             // SAFETY: buf is valid for buf.len() bytes.
@@ -123,8 +126,12 @@ impl UeventSocket {
                 let err = io::Error::last_os_error();
                 match err.raw_os_error() {
                     Some(libc::EAGAIN) => break,
-                    // Overflow: events were lost; the caller rescans sysfs anyway.
-                    Some(libc::ENOBUFS) => continue,
+                    // Overflow: events were lost; the caller must rescan sysfs.
+                    Some(libc::ENOBUFS) => {
+                        received.overflowed = true;
+                        continue;
+                    }
+                    Some(libc::EINTR) => continue,
                     _ => return Err(err),
                 }
             }
@@ -132,8 +139,78 @@ impl UeventSocket {
                 events.push(e);
             }
         }
-        Ok(events)
+        Ok(received)
     }
+}
+
+/// What one [`UeventSocket::drain`] found.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub events: Vec<Uevent>,
+    /// The kernel dropped events (receive buffer overflow).
+    pub overflowed: bool,
+}
+
+/// poll(2) for readability on `fds` for up to `timeout`; which of them are
+/// readable (none on timeout or EINTR).
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: pfds is a valid array of pfds.len() pollfds.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(err);
+    }
+    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+}
+
+/// A non-blocking eventfd: one thread wakes another sleeping in poll(2).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain eventfd(2); the result is checked and owned below.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh, valid descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Makes an eventfd readable (wakes whoever polls it).
+pub fn signal_eventfd(fd: BorrowedFd<'_>) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64 to an eventfd. A full counter
+    // (EAGAIN) means it is readable already, which is all we want.
+    let _ = unsafe {
+        libc::write(
+            fd.as_raw_fd(),
+            &one as *const u64 as *const libc::c_void,
+            std::mem::size_of::<u64>(),
+        )
+    };
+}
+
+/// Resets an eventfd to not readable.
+pub fn clear_eventfd(fd: BorrowedFd<'_>) {
+    let mut value: u64 = 0;
+    // SAFETY: reads 8 bytes into a valid u64; EAGAIN (already clear) is fine.
+    let _ = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            &mut value as *mut u64 as *mut libc::c_void,
+            std::mem::size_of::<u64>(),
+        )
+    };
 }
 
 #[cfg(test)]
@@ -147,6 +224,20 @@ mod tests {
         assert_eq!(e.action, "add");
         assert_eq!(e.subsystem, "block");
         assert_eq!(e.devname.as_deref(), Some("vda2"));
+    }
+
+    #[test]
+    fn eventfd_wakes_a_poll_once() {
+        let fd = eventfd().expect("eventfd");
+        let none = poll_readable(&[fd.as_fd()], Duration::ZERO).unwrap();
+        assert_eq!(none, vec![false]);
+        signal_eventfd(fd.as_fd());
+        signal_eventfd(fd.as_fd());
+        let ready = poll_readable(&[fd.as_fd()], Duration::from_secs(5)).unwrap();
+        assert_eq!(ready, vec![true]);
+        clear_eventfd(fd.as_fd());
+        let cleared = poll_readable(&[fd.as_fd()], Duration::ZERO).unwrap();
+        assert_eq!(cleared, vec![false]);
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub struct Built {
 /// it starts with `{`, else TOML); includes the reference keyfile when the
 /// config names it. Panics if the build fails.
 pub fn build_initrd(a: &Assets, name: &str, config: &str) -> Built {
+    build_initrd_with(a, name, config, &[])
+}
+
+/// [`build_initrd`] with extra `ember-initrd` arguments (`--busybox /bin/busybox`).
+pub fn build_initrd_with(a: &Assets, name: &str, config: &str, extra: &[&str]) -> Built {
     let dir = work_dir();
     let ext = if config.trim_start().starts_with('{') {
         "json"
@@ -90,6 +95,7 @@ pub fn build_initrd(a: &Assets, name: &str, config: &str) -> Built {
             a.keyfile.display()
         ));
     }
+    cmd.args(extra);
     let o = cmd.output().expect("run ember-initrd");
     let built = Built {
         initrd: out,
@@ -150,4 +156,58 @@ pub fn with_config_override(initrd: &Path, name: &str, config_json: &str) -> Pat
     let out = work_dir().join(format!("{name}.combined.cpio"));
     std::fs::write(&out, image).expect("write combined initrd");
     out
+}
+
+/// Boots `initrd` with ember as /init on several disks (vda, vdb, ...).
+pub fn boot_disks(a: &Assets, name: &str, initrd: &Path, disks: &[PathBuf], append: &str) -> Vm {
+    Vm::boot(VmSpec {
+        kernel: a.kernel.clone(),
+        initrd: initrd.to_path_buf(),
+        disks: disks.to_vec(),
+        append: format!("loglevel=4 {append}"),
+        memory_mb: 1024,
+        ..VmSpec::new(name)
+    })
+}
+
+/// One file out of a built (gzip'd newc) initrd, e.g. `etc/ember/modules.json`.
+pub fn initrd_file(initrd: &Path, path: &str) -> Vec<u8> {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("gzip -dc \"$0\" | cpio -i --quiet --to-stdout \"$1\"")
+        .arg(initrd)
+        .arg(path)
+        .output()
+        .expect("run gzip | cpio");
+    assert!(
+        o.status.success() && !o.stdout.is_empty(),
+        "{path} not in {}: {}",
+        initrd.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// Like [`with_config_override`], for any files: `(path in the initrd, contents)`.
+pub fn with_overrides(initrd: &Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let mut overlay = super::Initramfs::new(&format!("{name}-override"));
+    for (path, bytes) in files {
+        overlay.bytes(path, bytes, 0o644);
+    }
+    let mut image = std::fs::read(initrd).expect("read initrd");
+    while !image.len().is_multiple_of(4) {
+        image.push(0);
+    }
+    image.extend(std::fs::read(overlay.build()).expect("read override archive"));
+    let out = work_dir().join(format!("{name}.combined.cpio"));
+    std::fs::write(&out, image).expect("write combined initrd");
+    out
+}
+
+/// A config text (TOML) as the JSON the initrd carries, without the
+/// builder's checks (a keyfile the initrd lacks, ...).
+pub fn config_json(toml: &str) -> String {
+    let config = ember::config::parse(toml, ember::config::Syntax::Toml, "scenario")
+        .unwrap_or_else(|e| panic!("scenario config: {e}"));
+    serde_json::to_string_pretty(&config).expect("serialise config")
 }

@@ -57,6 +57,21 @@ impl AliasTable {
         }
     }
 
+    /// The `cpu:` alias patterns of `module` (CPU-feature drivers such as
+    /// aesni_intel or padlock_aes declare them), sorted.
+    pub fn cpu_patterns_of(&self, module: &str) -> Vec<String> {
+        let module = module_name(module);
+        let mut out: Vec<String> = self
+            .patterns
+            .iter()
+            .filter(|(p, m)| *m == module && p.starts_with("cpu:"))
+            .map(|(p, _)| p.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Every module any alias line maps `query` to, sorted and deduplicated
     /// (kmod loads all of them, e.g. both `crc32c_intel` and
     /// `crc32c_generic` for `crypto-crc32c`).

@@ -52,6 +52,8 @@ alias fs-btrfs btrfs
 alias devname:mapper/control dm_mod
 alias pci:v00001AF4d00001001sv*sd*bc*sc*i* virtio_blk
 alias crypto-aes aesni_intel
+alias cpu:type:x86,ven*fam*mod*:feature:*0099* aesni_intel
+alias cpu:type:x86,ven*fam*mod*:feature:*0094* crc32c_intel
 ";
 
 const BUILTIN: &str = "kernel/crypto/aes_generic.ko\nkernel/crypto/sha256_generic.ko\n";
@@ -312,6 +314,25 @@ fn output_is_independent_of_request_order_and_serialisable() {
     let json = serde_json::to_string(&a).unwrap();
     let back: Resolution = serde_json::from_str(&json).unwrap();
     assert_eq!(a, back);
+}
+
+#[test]
+fn cpu_feature_drivers_carry_their_cpu_aliases() {
+    let (_tmp, dir) = fixture();
+    let tree = ModuleTree::open(&dir).unwrap();
+    let r = tree.resolve(&["btrfs", "crypto-aes"]).unwrap();
+    assert_eq!(
+        module(&r, "aesni_intel").cpu,
+        ["cpu:type:x86,ven*fam*mod*:feature:*0099*"]
+    );
+    assert_eq!(
+        module(&r, "crc32c_intel").cpu,
+        ["cpu:type:x86,ven*fam*mod*:feature:*0094*"]
+    );
+    assert!(module(&r, "btrfs").cpu.is_empty());
+    // Omitted from the manifest when empty, so older loaders read it unchanged.
+    let json = serde_json::to_string(&r).unwrap();
+    assert_eq!(json.matches("\"cpu\"").count(), 2, "{json}");
 }
 
 #[test]

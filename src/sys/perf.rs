@@ -1,0 +1,140 @@
+//! Measurement points for the boot summary that the phase timers cannot
+//! see: the time libcryptsetup spends in key derivation (the one part of an
+//! unlock that is slow by design) and ember's memory high-water mark.
+//!
+//! The PBKDF time comes from a link-time wrapper: the static build links with
+//! `-Wl,--wrap=crypt_pbkdf` (see build.rs), so every call libcryptsetup makes
+//! to its crypto backend's `crypt_pbkdf` (the keyslot's Argon2/PBKDF2 and the
+//! digest's PBKDF2) goes through [`__wrap_crypt_pbkdf`], which times it. Dynamic
+//! builds have no wrapper and report no PBKDF time.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+static PBKDF_NANOS: AtomicU64 = AtomicU64::new(0);
+static PBKDF_CALLS: AtomicU32 = AtomicU32::new(0);
+/// `ru_maxrss` (KiB) when the first key derivation started; 0 = none yet.
+static MAXRSS_BEFORE_PBKDF: AtomicU64 = AtomicU64::new(0);
+
+/// Total time spent in key derivation so far, and how many derivations ran.
+pub fn pbkdf() -> (Duration, u32) {
+    (
+        Duration::from_nanos(PBKDF_NANOS.load(Ordering::Relaxed)),
+        PBKDF_CALLS.load(Ordering::Relaxed),
+    )
+}
+
+/// The process's resident-set high-water mark in KiB (`getrusage`).
+pub fn peak_rss_kib() -> u64 {
+    // SAFETY: zeroed rusage is valid; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    ru.ru_maxrss.max(0) as u64
+}
+
+/// The resident set right now in KiB (`/proc/self/statm`), 0 if unknown.
+pub fn current_rss_kib() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    pages * page / 1024
+}
+
+/// The peak resident set without the key derivation's own memory (Argon2's
+/// memory cost is allocated, filled and unmapped inside one PBKDF call): the
+/// high-water mark before the first derivation, or the resident set now if
+/// that is larger. Before any derivation it is simply the peak.
+pub fn peak_rss_outside_pbkdf_kib() -> u64 {
+    match MAXRSS_BEFORE_PBKDF.load(Ordering::Relaxed) {
+        0 => peak_rss_kib(),
+        before => before.max(current_rss_kib()),
+    }
+}
+
+#[cfg(feature = "static")]
+unsafe extern "C" {
+    /// libcryptsetup's real `crypt_pbkdf` (crypto backend), renamed by `--wrap`.
+    fn __real_crypt_pbkdf(
+        kdf: *const libc::c_char,
+        hash: *const libc::c_char,
+        password: *const libc::c_char,
+        password_length: libc::size_t,
+        salt: *const libc::c_char,
+        salt_length: libc::size_t,
+        key: *mut libc::c_char,
+        key_length: libc::size_t,
+        iterations: u32,
+        memory: u32,
+        parallel: u32,
+    ) -> libc::c_int;
+}
+
+/// Times libcryptsetup's key derivations (same signature as
+/// `crypt_pbkdf` in cryptsetup's `lib/crypto_backend/crypto_backend.h`).
+///
+/// # Safety
+/// Called by libcryptsetup with the arguments it would pass to `crypt_pbkdf`;
+/// they are handed on unchanged.
+#[cfg(feature = "static")]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __wrap_crypt_pbkdf(
+    kdf: *const libc::c_char,
+    hash: *const libc::c_char,
+    password: *const libc::c_char,
+    password_length: libc::size_t,
+    salt: *const libc::c_char,
+    salt_length: libc::size_t,
+    key: *mut libc::c_char,
+    key_length: libc::size_t,
+    iterations: u32,
+    memory: u32,
+    parallel: u32,
+) -> libc::c_int {
+    if MAXRSS_BEFORE_PBKDF.load(Ordering::Relaxed) == 0 {
+        MAXRSS_BEFORE_PBKDF.store(peak_rss_kib().max(1), Ordering::Relaxed);
+    }
+    let start = std::time::Instant::now();
+    // SAFETY: the caller's arguments, unchanged, to the function they were meant for.
+    let rc = unsafe {
+        __real_crypt_pbkdf(
+            kdf,
+            hash,
+            password,
+            password_length,
+            salt,
+            salt_length,
+            key,
+            key_length,
+            iterations,
+            memory,
+            parallel,
+        )
+    };
+    PBKDF_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    PBKDF_CALLS.fetch_add(1, Ordering::Relaxed);
+    rc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_figures_are_plausible() {
+        let peak = peak_rss_kib();
+        assert!(peak > 0);
+        assert!(current_rss_kib() > 0);
+        // No derivation ran in this process: the figure is the plain peak.
+        assert!(peak_rss_outside_pbkdf_kib() >= peak);
+    }
+}
