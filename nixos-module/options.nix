@@ -49,10 +49,32 @@ let
             store). Without one ember asks for a passphrase on the console.
           '';
         };
+        keys = mkOption {
+          type = types.listOf (types.either (types.enum [ "passphrase" ]) (types.attrsOf types.anything));
+          default = defaults.luksDevice.keys;
+          example = [
+            { keyfile = "/key.bin"; device = "LABEL=usbkey"; offset = 0; size = 4096; timeout_secs = 5; }
+            "passphrase"
+          ];
+          description = ''
+            Key sources tried in order (instead of {option}`keyFile`): a keyfile
+            in the initrd (`{ keyfile = "/etc/ember/keys/x.key"; }`), a keyfile on
+            another device mounted read-only (`device`, `offset`, `size`,
+            `timeout_secs`), raw bytes of a device (`device`, `size`), or
+            `"passphrase"`. `keyslot = N;` or `token = N;` on an entry makes
+            ember try that keyslot first. Passed to ember as its `keys` field
+            (docs/config.md).
+          '';
+        };
         passphraseTries = mkOption {
           type = types.ints.between 1 100;
           default = defaults.luksDevice.passphraseTries;
           description = "Passphrases accepted before the failure policy applies.";
+        };
+        passphraseTimeout = mkOption {
+          type = types.nullOr seconds;
+          default = defaults.luksDevice.passphraseTimeout;
+          description = "Give up on a passphrase prompt after this many seconds (null: wait).";
         };
         allowDiscards = mkOption {
           type = types.bool;
@@ -302,6 +324,7 @@ in
     onFailure = mkOption {
       type = types.enum [
         "rescue"
+        "retry"
         "halt"
         "reboot"
         "poweroff"
@@ -312,8 +335,9 @@ in
         those in {option}`boot.initrd.ember.continueOnFailure`). `rescue`:
         systemd's emergency target (a shell only with
         {option}`boot.initrd.systemd.emergencyAccess`); the scripted stage 1's
-        `fail` prompt. `halt`, `reboot`, `poweroff`: the unit's
-        `FailureAction=`. ember's message is in the journal and on the console
+        `fail` prompt. `retry`: the step is run again 3 more times, 5 s
+        apart (`Restart=on-failure`), then as `rescue`. `halt`, `reboot`,
+        `poweroff`: the unit's `FailureAction=`. ember's message is in the journal and on the console
         either way.
       '';
     };

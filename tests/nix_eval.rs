@@ -237,6 +237,35 @@ fn persisted_entries_with_owners_make_a_config_ember_accepts() {
 }
 
 #[test]
+fn key_sources_and_retry_reach_ember_and_the_units() {
+    // Ordered key sources, a passphrase timeout and `onFailure = "retry"`.
+    let opts = "(import (repo + \"/nixos-module/eval/reference.nix\")) // { onFailure = \"retry\"; \
+                luks.devices.cryptroot = { device = \"LABEL=luks\"; passphraseTimeout = 60; \
+                keys = [ { keyfile = \"/key.bin\"; device = \"LABEL=usbkey\"; size = 64; } \"passphrase\" ]; }; }";
+    let json = eval_json(
+        &format!("{{ repo }}: import (repo + \"/nixos-module/lib/to-config.nix\") ({opts})"),
+        &[],
+    );
+    let stdout = assert_ember_accepts("keys-retry", &json);
+    assert!(
+        stdout.contains("with keyfile /key.bin on LABEL=usbkey (64 bytes at offset 0)")
+            && stdout.contains("then a passphrase from the console (3 tries, 60s each)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("on failure: retry"), "{stdout}");
+    let units = eval_json(
+        &format!(
+            "{{ repo }}: let n = import (repo + \"/nixos-module/lib/normalize.nix\") ({opts}); \
+             u = import (repo + \"/nixos-module/lib/units.nix\") {{ inherit n; exe = \"ember\"; }}; \
+             in u.services.ember-unlock"
+        ),
+        &[],
+    );
+    assert!(units.contains("\"Restart\":\"on-failure\""), "{units}");
+    assert!(units.contains("\"StartLimitBurst\":4"), "{units}");
+}
+
+#[test]
 fn pure_library_expectations_hold() {
     let out = nix_instantiate(&[
         "--eval",

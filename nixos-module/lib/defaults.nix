@@ -13,6 +13,8 @@
 
   luksDevice = {
     keyFile = null;
+    keys = [ ];
+    passphraseTimeout = null;
     passphraseTries = 3;
     allowDiscards = false;
   };

@@ -19,7 +19,9 @@ let
       passphrase_tries = d.passphraseTries;
       allow_discards = d.allowDiscards;
     }
-    // optional (d.keyFile != null) { keyfile = d.keyFile; };
+    // optional (d.keyFile != null) { keyfile = d.keyFile; }
+    // optional (d.keys != [ ]) { inherit (d) keys; }
+    // optional (d.passphraseTimeout != null) { passphrase_timeout_secs = d.passphraseTimeout; };
 
   subvolume = sv: {
     inherit (sv) subvolume options;

@@ -48,13 +48,21 @@ let
   hasUnlock = n.luks != [ ];
   hasRollback = n.rollback.enable;
   hasPersist = n.persist != [ ];
-  passphrase = any (d: d.keyFile == null) n.luks;
+  # A device asks for a passphrase unless it has only keyfile sources.
+  asksPassphrase =
+    d:
+    if d.keys != [ ] then
+      any (k: k == "passphrase" || (builtins.isAttrs k && (k.passphrase or false))) d.keys
+    else
+      d.keyFile == null;
+  passphrase = any asksPassphrase n.luks;
 
   stops = step: !(elem step n.continueOnFailure);
 
   failureAction =
     {
       rescue = null;
+      retry = null;
       halt = "halt";
       reboot = "reboot";
       poweroff = "poweroff";
@@ -78,11 +86,20 @@ let
         DefaultDependencies = "no";
       }
       // optionalAttrs (stops step && failureAction != null) { FailureAction = failureAction; }
+      # retry: 3 more runs 5 s apart, then the unit fails like `rescue`.
+      // optionalAttrs (stops step && n.onFailure == "retry") {
+        StartLimitBurst = 4;
+        StartLimitIntervalSec = 60;
+      }
       // unitConfig;
       serviceConfig = {
         Type = "oneshot";
         RemainAfterExit = true;
         ExecStart = "${exe} ${args}";
+      }
+      // optionalAttrs (stops step && n.onFailure == "retry") {
+        Restart = "on-failure";
+        RestartSec = "5s";
       }
       // serviceConfig;
     };
@@ -173,12 +190,19 @@ let
     else
       {
         rescue = "fail";
+        retry = "fail";
         halt = "echo \"ember: ${step} failed; halting\"; halt -f";
         reboot = "echo \"ember: ${step} failed; rebooting in 10 s\"; sleep 10; reboot -f";
         poweroff = "echo \"ember: ${step} failed; powering off\"; poweroff -f";
       }
       .${n.onFailure};
-  run = step: args: "ember ${args} || { ${onError step}; }\n";
+  # retry: 3 more attempts 5 s apart before the failure prompt.
+  run =
+    step: args:
+    if stops step && n.onFailure == "retry" then
+      "ember ${args} || { for i in 1 2 3; do sleep 5; ember ${args} && break; done; } || { ${onError step}; }\n"
+    else
+      "ember ${args} || { ${onError step}; }\n";
 in
 {
   services =
