@@ -5,7 +5,9 @@
 //! `<target>/vm-tests/<name>.serial.log`). QEMU's own stderr goes to
 //! `<name>.qemu.log` so its warnings never mix with guest output.
 //!
-//! The kernel always gets `console=ttyS0 panic=-1` and QEMU `-no-reboot`:
+//! The kernel always gets `console=ttyS0 panic=-1 no_timer_check` and QEMU `-no-reboot`
+//! (`no_timer_check`: under TCG on a loaded host the kernel's IO-APIC timer
+//! check can fail and panic at boot, a known emulation artefact):
 //! a guest panic (e.g. ember, as PID 1, exiting) asks for an immediate reboot,
 //! which `-no-reboot` turns into QEMU exiting — so a test never waits for its
 //! timeout on a dead guest and there can be no reboot loop. The panic message
@@ -28,7 +30,7 @@ pub struct VmSpec {
     pub initrd: PathBuf,
     /// Attached in order as virtio disks vda, vdb, ... (`.qcow2` => qcow2, else raw).
     pub disks: Vec<PathBuf>,
-    /// Appended to the fixed `console=ttyS0 panic=-1`.
+    /// Appended to the fixed `console=ttyS0 panic=-1 no_timer_check`.
     pub append: String,
     pub memory_mb: u32,
     /// Extra raw QEMU arguments, appended last.
@@ -135,7 +137,7 @@ impl Vm {
             .arg("-initrd")
             .arg(&spec.initrd)
             .arg("-append")
-            .arg(format!("console=ttyS0 panic=-1 {}", spec.append).trim_end());
+            .arg(format!("console=ttyS0 panic=-1 no_timer_check {}", spec.append).trim_end());
         for disk in &spec.disks {
             let format = if disk.extension().is_some_and(|e| e == "qcow2") {
                 "qcow2"
