@@ -414,3 +414,17 @@ fn persist_tables_round_trip_through_json() {
         .config;
     assert_eq!(c, back);
 }
+
+#[test]
+fn blank_snapshot_path_must_be_normalised() {
+    let text = REFERENCE.replace(
+        "[[btrfs.subvolumes]]\nsubvolume = \"root\"",
+        "[btrfs.rollback]\nsubvolume = \"root\"\nstrategy = \"blank\"\nblank_snapshot = \"../root-blank\"\nfilesystem = \"LABEL=nixos\"\n\n[[btrfs.subvolumes]]\nsubvolume = \"root\"",
+    );
+    let errs = errors_of(&text);
+    assert!(
+        errs.iter().any(|e| e
+            .starts_with("btrfs[0].rollback.blank_snapshot: `../root-blank` must be a normalised")),
+        "{errs:?}"
+    );
+}

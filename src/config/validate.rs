@@ -505,6 +505,14 @@ fn check_rollback(config: &Config, f: &mut Findings) {
                         "`{blank}` must be a separate subvolume, neither `{target}` nor inside or above it"
                     ),
                 );
+            } else if blank
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+            {
+                error(
+                    ".blank_snapshot",
+                    format!("`{blank}` must be a normalised subvolume path without `.` or `..`"),
+                );
             } else if blank.contains('\0') {
                 error(
                     ".blank_snapshot",
