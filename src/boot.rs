@@ -369,6 +369,13 @@ impl Executor {
 
     fn run(&mut self, plan: &Plan) -> Result<(), BootError> {
         for step in &plan.steps {
+            // Modules only needed to mount (Btrfs and its libraries) load in
+            // the background while the volumes unlock; later steps wait here.
+            if step.phase() > Phase::Unlock {
+                let t = Instant::now();
+                kmod::wait_background()?;
+                self.timings.add(Phase::Modules, t.elapsed());
+            }
             let t = Instant::now();
             let result = self.step(step);
             self.timings.add(step.phase(), t.elapsed());

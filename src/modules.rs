@@ -28,6 +28,10 @@ pub struct ManifestModule {
     /// it is loaded only if one matches the CPU's modalias. Empty: always.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpu: Vec<String>,
+    /// Only needed to mount filesystems (Btrfs and what it pulls in): may
+    /// still be loading while the volumes unlock.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mount_only: bool,
 }
 
 impl ModuleManifest {
@@ -62,6 +66,7 @@ mod tests {
             path: format!("lib/modules/6.1/{name}.ko"),
             deps: deps.iter().map(|d| d.to_string()).collect(),
             cpu: Vec::new(),
+            mount_only: false,
         }
     }
 

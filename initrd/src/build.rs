@@ -166,7 +166,17 @@ pub fn build(inputs: &Inputs) -> Result<Built, BuildError> {
             }
         }
         let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
-        let res = tree.resolve(&wanted_refs)?;
+        let mut res = tree.resolve(&wanted_refs)?;
+        // Btrfs and what only it pulls in are needed to mount, not to unlock:
+        // the loader lets them load while the key derivation runs.
+        let early: Vec<&str> = wanted_refs
+            .iter()
+            .copied()
+            .filter(|m| *m != "btrfs")
+            .collect();
+        if early.len() < wanted_refs.len() {
+            res.mark_mount_only(&tree.resolve(&early)?);
+        }
         for m in &res.modules {
             let bytes = res.module_bytes(&tree, m)?;
             module_bytes += bytes.len() as u64;

@@ -120,6 +120,11 @@ pub struct ResolvedModule {
     /// the CPU's modalias, as udev would. Empty for every other module.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpu: Vec<String>,
+    /// Only needed to mount filesystems, not to unlock volumes (see
+    /// [`Resolution::mark_mount_only`]): the loader may still be loading it
+    /// while the volumes unlock.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mount_only: bool,
 }
 
 impl ModuleTree {
@@ -264,6 +269,7 @@ impl ModuleTree {
             .map(|o| ResolvedModule {
                 path: self.initramfs_path(&o.name),
                 cpu: self.aliases.cpu_patterns_of(&o.name),
+                mount_only: false,
                 name: o.name,
                 deps: o.needs,
             })
@@ -329,6 +335,15 @@ impl ModuleTree {
 }
 
 impl Resolution {
+    /// Marks every module that `early` (the resolution of what is needed
+    /// before the filesystems are mounted: disk, device-mapper and crypto
+    /// modules) does not hold as mount-only.
+    pub fn mark_mount_only(&mut self, early: &Resolution) {
+        for m in &mut self.modules {
+            m.mount_only = !early.modules.iter().any(|e| e.name == m.name);
+        }
+    }
+
     /// The uncompressed bytes of `m`, read from `tree`.
     pub fn module_bytes(
         &self,

@@ -2,7 +2,7 @@
 //! it (libblkid superblock probe), and the `/dev/disk/by-*` links udev would
 //! make, created by ember itself because a minimal initrd has no udev.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -195,8 +195,13 @@ impl fmt::Display for Missing {
 /// a cold-plug scan of sysfs, then every uevent as it arrives. Probing
 /// (libblkid reads each device) thus runs while the caller does other work:
 /// the boot starts the registry before loading kernel modules, so the disks
-/// the modules bring up are probed while the rest of the modules load, and a
-/// freshly unlocked mapper device is probed while the first mounts run.
+/// the modules bring up are probed while the rest of the modules load.
+///
+/// Some devices are only probed when a lookup needs them (see
+/// [`deferrable`]): device-mapper devices, which the config names by path
+/// (`/dev/mapper/cryptroot`), and whole disks that hold partitions. A lookup
+/// that finds nothing probes them before giving its answer, so this only
+/// saves work, never changes what is found.
 pub struct Devices {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -215,17 +220,22 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
+    /// Every device seen; a deferred one with its name (and mapper name) only.
     known: BTreeMap<String, BlockDevice>,
+    /// Devices seen but not probed yet.
+    deferred: BTreeSet<String>,
+    /// Deferred devices a lookup asked the prober to probe now.
+    to_probe: BTreeSet<String>,
     /// Bumped on every change of `known`, so a waiter cannot miss one.
     generation: u64,
     /// Settle requests made and answered: a request is answered once the
-    /// prober has handled every queued uevent and probed every device sysfs
-    /// lists that it did not know.
+    /// prober has handled every queued uevent and noted every device sysfs
+    /// lists; requests up to `full_requested` also probe deferred devices.
     requested: u64,
+    full_requested: u64,
     answered: u64,
     stop: bool,
-    /// No prober thread runs (it could not be started, or it ended): callers
-    /// scan sysfs themselves.
+    /// No prober thread runs (it could not be started): callers do its work.
     no_prober: bool,
 }
 
@@ -242,18 +252,66 @@ fn sysfs_names() -> Vec<String> {
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
-    // Partitions before whole disks: a partitioned disk rarely carries
-    // anything a config names, so the wanted device is usually found sooner.
-    names.sort_by_key(|n| {
-        (
-            fs::metadata(format!("/sys/class/block/{n}/partition")).is_err(),
-            n.clone(),
-        )
-    });
+    names.sort();
     names
 }
 
+/// Whether probing `name` can wait until a lookup needs it:
+/// * a device-mapper device: ember made it (the config names it by path,
+///   which needs no probe), or it is LVM or similar, which ember does not
+///   assemble;
+/// * a whole disk the kernel found partitions on: the filesystems are on the
+///   partitions, and udev gives such a disk no by-label or by-uuid link
+///   either (unless a signature sits on the whole disk, which a lookup that
+///   misses still finds).
+///
+/// Probing those costs as much as the rest together (libblkid tries every
+/// signature, at both ends of the device, through dm-crypt for a mapper).
+fn deferrable(name: &str) -> bool {
+    if name.starts_with("dm-") {
+        return true;
+    }
+    let dir = Path::new("/sys/class/block").join(name);
+    if dir.join("partition").exists() {
+        return false;
+    }
+    fs::read_dir(&dir)
+        .map(|entries| {
+            entries.filter_map(|e| e.ok()).any(|e| {
+                e.file_name().to_str().is_some_and(|n| n.starts_with(name))
+                    && e.path().join("partition").exists()
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The kernel name (`dm-0`) of the block device a path spec points to, if
+/// the path exists: from its device number, through /sys/dev/block.
+fn kernel_name(spec: &DeviceSpec) -> Option<String> {
+    let DeviceSpec::Path(p) = spec else {
+        return None;
+    };
+    let meta = fs::metadata(p).ok()?;
+    if !meta.file_type().is_block_device() {
+        return None;
+    }
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&meta);
+    let link = fs::read_link(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(rdev),
+        libc::minor(rdev)
+    ))
+    .ok()?;
+    link.file_name()?.to_str().map(str::to_string)
+}
+
 impl Shared {
+    fn changed(&self, mut st: MutexGuard<'_, State>) {
+        st.generation += 1;
+        drop(st);
+        self.changed.notify_all();
+    }
+
     /// Probes `name` (without holding the lock: a probe reads the device)
     /// and records the result.
     fn probe_and_insert(&self, name: &str) {
@@ -263,18 +321,33 @@ impl Shared {
             make_links(&dev);
         }
         let mut st = lock(self);
+        st.deferred.remove(name);
         st.known.insert(name.to_string(), dev);
-        st.generation += 1;
-        drop(st);
-        self.changed.notify_all();
+        self.changed(st);
+    }
+
+    /// A device appeared or changed: probe it, or note it for later.
+    fn note(&self, name: &str) {
+        if !deferrable(name) {
+            return self.probe_and_insert(name);
+        }
+        let dev = BlockDevice {
+            name: name.to_string(),
+            dm_name: sysfs_trimmed(&format!("/sys/class/block/{name}/dm/name")),
+            ..Default::default()
+        };
+        log::debug!("block device {name}: probed when needed");
+        let mut st = lock(self);
+        st.deferred.insert(name.to_string());
+        st.known.insert(name.to_string(), dev);
+        self.changed(st);
     }
 
     fn remove(&self, name: &str) {
         let mut st = lock(self);
         st.known.remove(name);
-        st.generation += 1;
-        drop(st);
-        self.changed.notify_all();
+        st.deferred.remove(name);
+        self.changed(st);
     }
 
     fn wake(&self) {
@@ -283,12 +356,29 @@ impl Shared {
         }
     }
 
-    /// Probes every device in sysfs not yet known.
+    /// Notes every device in sysfs not yet known.
     fn scan(&self) {
         for name in sysfs_names() {
             if !lock(self).known.contains_key(&name) {
-                self.probe_and_insert(&name);
+                self.note(&name);
             }
+        }
+    }
+
+    /// Probes the devices whose probe was put off: those a lookup asked
+    /// for, or (`all`) every one.
+    fn probe_deferred(&self, all: bool) {
+        let names = {
+            let mut st = lock(self);
+            let asked = std::mem::take(&mut st.to_probe);
+            if all {
+                st.deferred.clone()
+            } else {
+                asked.intersection(&st.deferred).cloned().collect()
+            }
+        };
+        for name in names {
+            self.probe_and_insert(&name);
         }
     }
 
@@ -296,12 +386,24 @@ impl Shared {
         for e in events.iter().filter(|e| e.subsystem == "block") {
             match (e.action.as_str(), &e.devname) {
                 // A change (a mapper device's table loaded, a partition
-                // table rewritten) may change what is on the device: re-probe.
-                ("add" | "change", Some(name)) => self.probe_and_insert(name),
+                // table rewritten) may change what is on the device: again.
+                ("add" | "change", Some(name)) => self.note(name),
                 ("remove", Some(name)) => self.remove(name),
                 _ => {}
             }
         }
+    }
+
+    /// Catches up with the kernel: queued events, then sysfs, then (`full`)
+    /// the deferred probes.
+    fn catch_up(&self, socket: Option<&UeventSocket>, full: bool) {
+        if let Some(s) = socket
+            && let Ok(received) = s.drain()
+        {
+            self.handle(&received.events);
+        }
+        self.scan();
+        self.probe_deferred(full);
     }
 }
 
@@ -309,19 +411,15 @@ impl Shared {
 fn prober(shared: Arc<Shared>, wake: BorrowedFd<'_>, mut socket: Option<UeventSocket>) {
     shared.scan();
     loop {
-        let (requested, answered, stop) = {
+        let (requested, full_requested, answered, stop) = {
             let st = lock(&shared);
-            (st.requested, st.answered, st.stop)
+            (st.requested, st.full_requested, st.answered, st.stop)
         };
         if requested > answered || stop {
-            // Catch up: every event the kernel queued so far, then sysfs.
-            if let Some(s) = &socket
-                && let Ok(received) = s.drain()
-            {
-                shared.handle(&received.events);
-            }
-            shared.scan();
-            lock(&shared).answered = requested;
+            shared.catch_up(socket.as_ref(), full_requested > answered);
+            let mut st = lock(&shared);
+            st.answered = requested;
+            drop(st);
             shared.changed.notify_all();
             if stop {
                 return;
@@ -370,11 +468,7 @@ impl Devices {
             }
         };
         let wake = eventfd()
-            .map_err(|e| {
-                log::warn!(
-                    "cannot create an eventfd ({e}); probing block devices in the foreground"
-                )
-            })
+            .map_err(|e| log::warn!("cannot create an eventfd ({e}); probing in the foreground"))
             .ok();
         let has_wake = wake.is_some();
         let shared = Arc::new(Shared {
@@ -389,11 +483,12 @@ impl Devices {
                 .name("ember-devices".into())
                 .spawn(move || {
                     if let Some(fd) = &for_thread.wake {
-                        let fd = fd.as_fd();
-                        prober(Arc::clone(&for_thread), fd, socket);
+                        prober(Arc::clone(&for_thread), fd.as_fd(), socket);
                     }
                 })
-                .map_err(|e| log::warn!("cannot start the device prober ({e}); probing block devices in the foreground"))
+                .map_err(|e| {
+                    log::warn!("cannot start the device prober ({e}); probing in the foreground")
+                })
                 .ok()
         } else {
             None
@@ -405,19 +500,24 @@ impl Devices {
         Devices { shared, thread }
     }
 
-    /// Waits until the registry reflects everything the kernel has announced
-    /// so far (queued uevents handled, every device in sysfs probed).
-    pub fn settle(&self) {
+    /// Waits until the prober has handled everything the kernel announced so
+    /// far and probed the deferred devices in `probe`; `full` probes every
+    /// deferred device.
+    fn catch_up(&self, probe: &[String], full: bool) {
         let mut st = lock(&self.shared);
+        st.to_probe.extend(probe.iter().cloned());
         if st.no_prober {
             drop(st);
-            self.shared.scan();
+            self.shared.catch_up(None, full);
             return;
         }
         st.requested += 1;
         let want = st.requested;
+        if full {
+            st.full_requested = want;
+        }
         self.shared.wake();
-        while st.answered < want && !st.no_prober {
+        while st.answered < want {
             st = self
                 .shared
                 .changed
@@ -426,21 +526,69 @@ impl Devices {
         }
     }
 
+    /// The deferred devices that could be `spec`, likeliest first: one it
+    /// names by path, then mapper devices (an unlocked volume's filesystem),
+    /// then whole disks.
+    fn candidates(&self, spec: &DeviceSpec) -> Vec<String> {
+        let st = lock(&self.shared);
+        let mut names: Vec<&String> = st.deferred.iter().collect();
+        names.sort_by_key(|n| {
+            let named = st.known.get(*n).is_some_and(|d| d.matches(spec));
+            (!named, !n.starts_with("dm-"))
+        });
+        names.into_iter().cloned().collect()
+    }
+
+    /// Looks `spec` up: among the probed devices, then after catching up
+    /// with the kernel, then probing deferred devices one by one. A path
+    /// spec that names a device node goes straight to that device.
+    fn lookup<T>(&self, spec: &DeviceSpec, get: impl Fn(&Self) -> Option<T>) -> Option<T> {
+        if let Some(v) = get(self) {
+            return Some(v);
+        }
+        if let Some(name) = kernel_name(spec) {
+            self.catch_up(&[name], false);
+            if let Some(v) = get(self) {
+                return Some(v);
+            }
+        }
+        self.catch_up(&[], false);
+        if let Some(v) = get(self) {
+            return Some(v);
+        }
+        for name in self.candidates(spec) {
+            self.catch_up(&[name], false);
+            if let Some(v) = get(self) {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// Waits until the registry reflects everything the kernel has announced
+    /// so far, every device probed.
+    pub fn settle(&self) {
+        self.catch_up(&[], true);
+    }
+
     /// Every known device (after [`Devices::settle`]).
     pub fn all(&self) -> Vec<BlockDevice> {
         self.settle();
         lock(&self.shared).known.values().cloned().collect()
     }
 
-    /// Asks the prober to look for devices it does not know yet (e.g. after
-    /// unlocking, the new mapper device) without waiting for it: a later
-    /// lookup that needs the device waits then.
+    /// Makes sure devices that appeared since (e.g. after unlocking, the
+    /// new mapper device) get noted, without waiting: a lookup that needs
+    /// one waits for it then.
     pub fn scan(&mut self) {
-        if lock(&self.shared).no_prober {
+        let mut st = lock(&self.shared);
+        if st.no_prober {
+            drop(st);
             self.shared.scan();
             return;
         }
-        lock(&self.shared).requested += 1;
+        st.requested += 1;
+        drop(st);
         self.shared.wake();
     }
 
@@ -449,21 +597,20 @@ impl Devices {
         self.shared.probe_and_insert(name);
     }
 
+    /// A probed device matching `spec` (a deferred one has no tags yet, so
+    /// it answers no question: a lookup that would match it probes it first).
     fn find_known(&self, spec: &DeviceSpec) -> Option<BlockDevice> {
-        lock(&self.shared)
-            .known
+        let st = lock(&self.shared);
+        st.known
             .values()
-            .find(|d| d.matches(spec))
+            .find(|d| !st.deferred.contains(&d.name) && d.matches(spec))
             .cloned()
     }
 
-    /// The device matching `spec`; if none is known, after letting the
-    /// prober catch up with what the kernel has announced.
+    /// The device matching `spec`; if none is known, after probing what
+    /// the kernel has announced (deferred devices one at a time, until found).
     pub fn find(&self, spec: &DeviceSpec) -> Option<BlockDevice> {
-        self.find_known(spec).or_else(|| {
-            self.settle();
-            self.find_known(spec)
-        })
+        self.lookup(spec, |d| d.find_known(spec))
     }
 
     fn resolve_known(&self, spec: &DeviceSpec) -> Option<String> {
@@ -479,10 +626,7 @@ impl Devices {
     /// A path spec resolves to itself (so mounts show `/dev/mapper/cryptroot`,
     /// not `/dev/dm-0`); tags resolve to the kernel's device node.
     pub fn resolve(&self, spec: &DeviceSpec) -> Option<String> {
-        self.resolve_known(spec).or_else(|| {
-            self.settle();
-            self.resolve_known(spec)
-        })
+        self.lookup(spec, |d| d.resolve_known(spec))
     }
 
     fn seen(&self) -> Vec<String> {
@@ -490,6 +634,14 @@ impl Devices {
             .known
             .values()
             .map(|d| d.to_string())
+            .collect()
+    }
+
+    fn missing(&self, wanted: &[Wanted]) -> Vec<Wanted> {
+        wanted
+            .iter()
+            .filter(|w| self.resolve_known(&w.spec).is_none())
+            .cloned()
             .collect()
     }
 
@@ -505,11 +657,14 @@ impl Devices {
             // The change count before the check: a device probed between the
             // check and the wait below still ends the wait.
             let generation = lock(&self.shared).generation;
-            let missing: Vec<Wanted> = wanted
-                .iter()
-                .filter(|w| self.resolve_known(&w.spec).is_none())
-                .cloned()
-                .collect();
+            let mut missing = self.missing(wanted);
+            if !missing.is_empty() && !lock(&self.shared).deferred.is_empty() {
+                // Not among the probed devices: perhaps a deferred one.
+                for w in &missing {
+                    self.lookup(&w.spec, |d| d.resolve_known(&w.spec));
+                }
+                missing = self.missing(wanted);
+            }
             if missing.is_empty() {
                 return Ok(wanted
                     .iter()
@@ -530,7 +685,7 @@ impl Devices {
             if st.no_prober {
                 drop(st);
                 std::thread::sleep(remaining.min(Duration::from_millis(100)));
-                self.shared.scan();
+                self.shared.catch_up(None, true);
                 continue;
             }
             // A path spec (a device node appearing) is not something the
@@ -553,8 +708,8 @@ impl Devices {
 }
 
 impl Drop for Devices {
-    /// Lets the prober finish what the kernel announced (so every link
-    /// exists), then stops it.
+    /// Lets the prober note what the kernel announced (probing all but the
+    /// deferred devices, so their links exist), then stops it.
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
             {
@@ -598,5 +753,92 @@ fn make_links(dev: &BlockDevice) {
             }
             Err(e) => log::warn!("cannot inspect {link}: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_lists_what_sysfs_lists_and_stops_cleanly() {
+        let Ok(entries) = fs::read_dir("/sys/class/block") else {
+            return; // no sysfs here
+        };
+        let mut want: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        want.sort();
+        // Without root the probes find nothing, which is fine here: every
+        // device must still be listed, deferred ones included.
+        let devices = Devices::start(false);
+        let got: Vec<String> = devices.all().into_iter().map(|d| d.name).collect();
+        for name in &want {
+            assert!(got.contains(name), "{name} missing from {got:?}");
+        }
+        // A spec nothing matches: answered (None) after a full catch-up.
+        let nothing = DeviceSpec::Label("ember-test-no-such-label".into());
+        assert!(devices.resolve(&nothing).is_none());
+        assert!(devices.find(&nothing).is_none());
+        drop(devices); // joins the prober
+    }
+
+    #[test]
+    fn a_device_node_path_names_its_kernel_device() {
+        let Ok(entries) = fs::read_dir("/sys/class/block") else {
+            return;
+        };
+        for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+            let node = format!("/dev/{name}");
+            if fs::metadata(&node).is_ok_and(|m| m.file_type().is_block_device()) {
+                assert_eq!(kernel_name(&DeviceSpec::Path(node)), Some(name));
+            }
+        }
+        assert_eq!(kernel_name(&DeviceSpec::Path("/dev/null".into())), None);
+        assert_eq!(kernel_name(&DeviceSpec::Label("x".into())), None);
+    }
+
+    #[test]
+    fn wait_for_times_out_naming_what_is_missing() {
+        let mut devices = Devices::start(false);
+        let wanted = [Wanted {
+            spec: DeviceSpec::Label("ember-test-no-such-label".into()),
+            field: "luks[0].device".into(),
+        }];
+        let err = devices
+            .wait_for(&wanted, Duration::from_millis(150))
+            .unwrap_err();
+        assert_eq!(err.wanted.len(), 1);
+        assert!(
+            err.to_string().contains("ember-test-no-such-label"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mapper_devices_are_deferred_and_answer_no_lookup_unprobed() {
+        assert!(deferrable("dm-0"));
+        let devices = Devices::start(false);
+        devices.settle();
+        // Plant a deferred placeholder the way the prober notes a mapper device.
+        {
+            let mut st = lock(&devices.shared);
+            st.deferred.insert("dm-ember-test".into());
+            st.known.insert(
+                "dm-ember-test".into(),
+                BlockDevice {
+                    name: "dm-ember-test".into(),
+                    dm_name: Some("embertest".into()),
+                    ..Default::default()
+                },
+            );
+        }
+        let spec = DeviceSpec::Path("/dev/mapper/embertest".into());
+        assert!(devices.find_known(&spec).is_none());
+        // A full lookup probes it first. There is no such device, so the
+        // probe finds no mapper name and nothing matches, but it ran.
+        assert!(devices.find(&spec).is_none());
+        assert!(lock(&devices.shared).deferred.is_empty());
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::modules::{ManifestModule, ModuleManifest};
 
@@ -166,22 +166,128 @@ struct Progress {
     done: BTreeSet<String>,
     failed: BTreeMap<String, String>,
     started: BTreeSet<String>,
+    errors: Vec<KmodError>,
 }
 
-/// Loads every module of the manifest. Returns the first error (a failed
-/// module also fails everything that depends on it; the rest still load).
-pub fn load_all(
-    manifest: &ModuleManifest,
-    running_kernel: &str,
-    workers: usize,
-) -> Result<usize, KmodError> {
-    if manifest.kernel_version != running_kernel {
-        return Err(KmodError::WrongKernel {
-            built: manifest.kernel_version.clone(),
-            running: running_kernel.to_string(),
-        });
+/// What the worker threads share: the modules in the order to try them,
+/// and how far loading got.
+struct Shared {
+    modules: Vec<ManifestModule>,
+    state: Mutex<Progress>,
+    changed: Condvar,
+    load: fn(&ManifestModule) -> Result<(), KmodError>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-    manifest.check().map_err(KmodError::Manifest)?;
+
+    fn finished(&self, p: &Progress) -> bool {
+        p.done.len() + p.failed.len() == self.modules.len()
+    }
+
+    /// Takes the first module whose dependencies are all in (or failed:
+    /// then it fails too, without being tried). `None` when all are done.
+    fn next(&self) -> Option<&ManifestModule> {
+        let mut p = self.lock();
+        loop {
+            if self.finished(&p) {
+                return None;
+            }
+            // Mount-only modules wait until the early ones are all in: on a
+            // machine with few CPUs they would otherwise slow down what the
+            // unlock waits for (raid6_pq benchmarks with preemption off).
+            let early_done = self.modules.iter().all(|m| {
+                m.mount_only || p.done.contains(&m.name) || p.failed.contains_key(&m.name)
+            });
+            let ready = self.modules.iter().find(|m| {
+                !p.started.contains(&m.name)
+                    && (early_done || !m.mount_only)
+                    && m.deps
+                        .iter()
+                        .all(|d| p.done.contains(d) || p.failed.contains_key(d))
+            });
+            if let Some(m) = ready {
+                p.started.insert(m.name.clone());
+                if let Some(dep) = m.deps.iter().find(|d| p.failed.contains_key(*d)) {
+                    let dep = dep.clone();
+                    p.failed.insert(m.name.clone(), dep.clone());
+                    p.errors.push(KmodError::Skipped {
+                        name: m.name.clone(),
+                        dep,
+                    });
+                    self.changed.notify_all();
+                    continue;
+                }
+                return Some(m);
+            }
+            p = self.changed.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn work(&self) {
+        while let Some(m) = self.next() {
+            let result = (self.load)(m);
+            log::debug!(
+                "module {}: {}",
+                m.name,
+                if result.is_ok() { "loaded" } else { "failed" }
+            );
+            let mut p = self.lock();
+            match result {
+                Ok(()) => {
+                    p.done.insert(m.name.clone());
+                }
+                Err(e) => {
+                    p.failed.insert(m.name.clone(), String::new());
+                    p.errors.push(e);
+                }
+            }
+            drop(p);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits until every module `wanted` accepts is loaded or failed.
+    fn wait_until_done(&self, wanted: impl Fn(&ManifestModule) -> bool) {
+        let mut p = self.lock();
+        while self
+            .modules
+            .iter()
+            .filter(|m| wanted(m))
+            .any(|m| !p.done.contains(&m.name) && !p.failed.contains_key(&m.name))
+        {
+            p = self.changed.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The first error, naming the root cause rather than the modules
+    /// skipped because of it.
+    fn first_error(&self) -> Option<KmodError> {
+        let mut p = self.lock();
+        let mut errors = std::mem::take(&mut p.errors);
+        errors.sort_by_key(|e| matches!(e, KmodError::Skipped { .. }));
+        errors.into_iter().next()
+    }
+}
+
+/// Modules still loading after [`load_all`] returned: those only needed
+/// to mount filesystems.
+struct Background {
+    shared: Arc<Shared>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+static BACKGROUND: Mutex<Option<Background>> = Mutex::new(None);
+
+/// Starts `workers` threads loading `manifest` (CPU-feature drivers for
+/// other CPUs skipped) with `load`.
+fn start(
+    manifest: &ModuleManifest,
+    workers: usize,
+    load: fn(&ManifestModule) -> Result<(), KmodError>,
+) -> (Arc<Shared>, Vec<std::thread::JoinHandle<()>>) {
     let cpu = std::fs::read_to_string(CPU_MODALIAS).ok();
     let mut progress = Progress::default();
     for m in &manifest.modules {
@@ -191,83 +297,111 @@ pub fn load_all(
             progress.done.insert(m.name.clone());
         }
     }
-    // Try ready modules in rank order, keeping the manifest order within a rank.
-    let mut order: Vec<&ManifestModule> = manifest.modules.iter().collect();
-    order.sort_by_key(|m| rank(m));
-    let state = Mutex::new(progress);
-    let changed = Condvar::new();
-    let errors = Mutex::new(Vec::new());
-    let total = manifest.modules.len();
-
-    std::thread::scope(|scope| {
-        for _ in 0..workers.max(1).min(total.max(1)) {
-            scope.spawn(|| {
-                loop {
-                    // Pick the first module whose dependencies are all loaded.
-                    let next = {
-                        let Ok(mut p) = state.lock() else { return };
-                        loop {
-                            if p.done.len() + p.failed.len() == total {
-                                return;
-                            }
-                            let ready = order.iter().copied().find(|m| {
-                                !p.started.contains(&m.name)
-                                    && m.deps
-                                        .iter()
-                                        .all(|d| p.done.contains(d) || p.failed.contains_key(d))
-                            });
-                            if let Some(m) = ready {
-                                p.started.insert(m.name.clone());
-                                if let Some(dep) = m.deps.iter().find(|d| p.failed.contains_key(*d))
-                                {
-                                    p.failed.insert(m.name.clone(), dep.clone());
-                                    if let Ok(mut e) = errors.lock() {
-                                        e.push(KmodError::Skipped {
-                                            name: m.name.clone(),
-                                            dep: dep.clone(),
-                                        });
-                                    }
-                                    changed.notify_all();
-                                    continue;
-                                }
-                                break m;
-                            }
-                            p = match changed.wait(p) {
-                                Ok(p) => p,
-                                Err(_) => return,
-                            };
-                        }
-                    };
-                    let result = load_one(next);
-                    log::debug!(
-                        "module {}: {}",
-                        next.name,
-                        if result.is_ok() { "loaded" } else { "failed" }
-                    );
-                    let Ok(mut p) = state.lock() else { return };
-                    match result {
-                        Ok(()) => {
-                            p.done.insert(next.name.clone());
-                        }
-                        Err(e) => {
-                            p.failed.insert(next.name.clone(), String::new());
-                            if let Ok(mut errs) = errors.lock() {
-                                errs.push(e);
-                            }
-                        }
-                    }
-                    changed.notify_all();
-                }
-            });
-        }
+    // Ready modules are tried in this order: those needed before the
+    // volumes unlock first, by rank; the manifest order within.
+    let mut modules = manifest.modules.clone();
+    modules.sort_by_key(|m| (m.mount_only, rank(m)));
+    let total = modules.len();
+    let shared = Arc::new(Shared {
+        modules,
+        state: Mutex::new(progress),
+        changed: Condvar::new(),
+        load,
     });
-    let mut errors = errors.into_inner().unwrap_or_default();
-    // Report the root cause, not the modules skipped because of it.
-    errors.sort_by_key(|e| matches!(e, KmodError::Skipped { .. }));
-    match errors.into_iter().next() {
-        Some(e) => Err(e),
-        None => Ok(total),
+    let mut handles = Vec::new();
+    for i in 0..workers.max(1).min(total.max(1)) {
+        let s = Arc::clone(&shared);
+        match std::thread::Builder::new()
+            .name(format!("ember-kmod-{i}"))
+            .spawn(move || s.work())
+        {
+            Ok(h) => handles.push(h),
+            Err(e) => log::warn!("cannot start a module loader thread: {e}"),
+        }
     }
+    if handles.is_empty() {
+        // No thread at all: load everything here.
+        shared.work();
+    }
+    (shared, handles)
+}
+
+/// Loads the modules of the manifest, independent ones in parallel, those
+/// needed before the volumes unlock first. On a machine with more than one
+/// CPU it returns once those are in, and the modules only needed to mount
+/// filesystems (`mount_only`: Btrfs and its libraries; on real hardware
+/// mostly raid6_pq's algorithm benchmark) go on loading in the background
+/// while the key derivation runs; [`wait_background`] waits for them. Returns the number of modules, or the
+/// first error once the early modules are done (a failed module also fails
+/// everything that depends on it; the rest still load).
+pub fn load_all(
+    manifest: &ModuleManifest,
+    running_kernel: &str,
+    workers: usize,
+) -> Result<usize, KmodError> {
+    // A previous attempt's (after a rescue shell): finished by now.
+    let _ = wait_background();
+    if manifest.kernel_version != running_kernel {
+        return Err(KmodError::WrongKernel {
+            built: manifest.kernel_version.clone(),
+            running: running_kernel.to_string(),
+        });
+    }
+    manifest.check().map_err(KmodError::Manifest)?;
+    let background = load_early(manifest, workers, load_one)?;
+    // With one CPU, loading in the background would only take the time from
+    // the key derivation (and blur what each phase costs): finish here.
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        *BACKGROUND.lock().unwrap_or_else(|e| e.into_inner()) = Some(background);
+    } else {
+        background.finish()?;
+    }
+    Ok(manifest.modules.len())
+}
+
+/// Starts loading and returns once the modules needed before unlocking are
+/// in, with the loading still going on.
+fn load_early(
+    manifest: &ModuleManifest,
+    workers: usize,
+    load: fn(&ManifestModule) -> Result<(), KmodError>,
+) -> Result<Background, KmodError> {
+    let (shared, handles) = start(manifest, workers, load);
+    shared.wait_until_done(|m| !m.mount_only);
+    let background = Background {
+        shared: Arc::clone(&shared),
+        workers: handles,
+    };
+    if let Some(e) = shared.first_error() {
+        // Something failed: no point in going on; let the rest finish.
+        for h in background.workers {
+            let _ = h.join();
+        }
+        return Err(e);
+    }
+    if !shared.finished(&shared.lock()) {
+        log::debug!("loading the modules only needed to mount in the background");
+    }
+    Ok(background)
+}
+
+impl Background {
+    fn finish(self) -> Result<(), KmodError> {
+        for h in self.workers {
+            let _ = h.join();
+        }
+        match self.shared.first_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Waits for the modules [`load_all`] left loading in the background;
+/// returns the first error among them. Nothing to wait for: `Ok`.
+pub fn wait_background() -> Result<(), KmodError> {
+    let bg = BACKGROUND.lock().unwrap_or_else(|e| e.into_inner()).take();
+    bg.map_or(Ok(()), Background::finish)
 }
 
 #[cfg(test)]
@@ -280,6 +414,7 @@ mod tests {
             path: path.into(),
             deps: Vec::new(),
             cpu: cpu.iter().map(|c| c.to_string()).collect(),
+            mount_only: false,
         }
     }
 
@@ -321,6 +456,94 @@ mod tests {
         assert!(!glob_match("*0099*", ",0000,0098,00A6"));
         assert!(glob_match("a[", "a["));
         assert!(glob_match("*[]]", "x]"));
+    }
+
+    fn manifest(modules: Vec<ManifestModule>) -> ModuleManifest {
+        ModuleManifest {
+            kernel_version: "6.1.0-test".into(),
+            modules,
+            builtin: Vec::new(),
+        }
+    }
+
+    fn m(name: &str, deps: &[&str], mount_only: bool) -> ManifestModule {
+        ManifestModule {
+            name: name.into(),
+            path: format!("lib/modules/6.1.0-test/kernel/x/{name}.ko"),
+            deps: deps.iter().map(|d| d.to_string()).collect(),
+            cpu: Vec::new(),
+            mount_only,
+        }
+    }
+
+    /// A stand-in for finit_module: slow for the mount-only modules, and
+    /// failing for any module named `broken*`.
+    fn fake_load(m: &ManifestModule) -> Result<(), KmodError> {
+        if m.mount_only {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        if m.name.starts_with("broken") {
+            return Err(KmodError::Load {
+                name: m.name.clone(),
+                path: m.path.clone(),
+                source: std::io::Error::from_raw_os_error(libc::ENOEXEC),
+            });
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn returns_when_the_early_modules_are_in_and_finishes_in_the_background() {
+        let man = manifest(vec![
+            m("dm_mod", &[], false),
+            m("dm_crypt", &["dm_mod"], false),
+            m("raid6_pq", &[], true),
+            m("btrfs", &["raid6_pq"], true),
+        ]);
+        let t = std::time::Instant::now();
+        let bg = load_early(&man, 4, fake_load).unwrap();
+        {
+            let p = bg.shared.lock();
+            assert!(p.done.contains("dm_mod") && p.done.contains("dm_crypt"));
+            assert!(
+                !p.done.contains("btrfs"),
+                "btrfs waited for: {:?}",
+                t.elapsed()
+            );
+        }
+        // The mount-only modules started only after the early ones.
+        assert!(t.elapsed() < std::time::Duration::from_millis(200));
+        bg.finish().unwrap();
+        assert!(t.elapsed() >= std::time::Duration::from_millis(400));
+    }
+
+    #[test]
+    fn an_early_failure_is_reported_at_once_with_its_root_cause() {
+        let man = manifest(vec![
+            m("broken_mod", &[], false),
+            m("dm_crypt", &["broken_mod"], false),
+            m("btrfs", &[], true),
+        ]);
+        let err = load_early(&man, 2, fake_load).err().expect("fails");
+        assert!(
+            matches!(err, KmodError::Load { ref name, .. } if name == "broken_mod"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_late_failure_is_reported_when_waited_for() {
+        let man = manifest(vec![
+            m("dm_mod", &[], false),
+            m("broken_btrfs", &[], true),
+            m("btrfs", &["broken_btrfs"], true),
+        ]);
+        let bg = load_early(&man, 2, fake_load).unwrap();
+        let err = bg.finish().expect_err("fails");
+        assert!(
+            matches!(err, KmodError::Load { ref name, .. } if name == "broken_btrfs"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -336,6 +336,35 @@ fn cpu_feature_drivers_carry_their_cpu_aliases() {
 }
 
 #[test]
+fn what_only_btrfs_needs_is_mount_only() {
+    let (_tmp, dir) = fixture();
+    let tree = ModuleTree::open(&dir).unwrap();
+    let mut r = tree.resolve(&["dm_crypt", "crypto-xts", "btrfs"]).unwrap();
+    r.mark_mount_only(&tree.resolve(&["dm_crypt", "crypto-xts"]).unwrap());
+    let late: BTreeSet<&str> = r
+        .modules
+        .iter()
+        .filter(|m| m.mount_only)
+        .map(|m| m.name.as_str())
+        .collect();
+    let want: BTreeSet<&str> = [
+        "blake2b_generic",
+        "crc32c_generic",
+        "crc32c_intel",
+        "libcrc32c",
+        "xor",
+        "btrfs",
+    ]
+    .into();
+    assert_eq!(late, want);
+    for early in ["dm_mod", "dm_crypt", "xts", "ecb"] {
+        assert!(!module(&r, early).mount_only, "{early}");
+    }
+    assert!(module(&r, "btrfs").mount_only);
+    assert!(module(&r, "xor").mount_only);
+}
+
+#[test]
 fn module_bytes_decompresses_and_checks() {
     let (_tmp, dir) = fixture();
     let tree = ModuleTree::open(&dir).unwrap();
