@@ -101,7 +101,9 @@ impl KmsgLogger {
 
 impl Log for KmsgLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.level
+        // The global maximum, not the level at install time: `ember.debug`
+        // raises it after the logger is installed.
+        metadata.level() <= self.level.max(log::max_level())
     }
 
     fn log(&self, record: &Record) {
