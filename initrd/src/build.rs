@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use ember::config::{self, Checked};
+use ember::modules::{ManifestModule, ModuleManifest};
 use ember_initrd::cpio::Archive;
 use ember_initrd::kmod::{ModuleTree, Resolution};
 
@@ -105,6 +106,27 @@ fn check_static(bytes: &[u8], path: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// The resolution in the format the boot-time loader reads. ember owns that
+/// schema (`ember::modules`); writing its type, not a look-alike, makes any
+/// drift between builder and loader a compile error.
+fn manifest_of(res: &Resolution) -> ModuleManifest {
+    ModuleManifest {
+        kernel_version: res.kernel_version.clone(),
+        modules: res
+            .modules
+            .iter()
+            .map(|m| ManifestModule {
+                name: m.name.clone(),
+                path: m.path.clone(),
+                deps: m.deps.clone(),
+                cpu: m.cpu.clone(),
+                mount_only: m.mount_only,
+            })
+            .collect(),
+        builtin: res.builtin.clone(),
+    }
+}
+
 pub fn build(inputs: &Inputs) -> Result<Built, BuildError> {
     let checked = config::load(&inputs.config)?;
     let mut archive = Archive::new();
@@ -182,10 +204,11 @@ pub fn build(inputs: &Inputs) -> Result<Built, BuildError> {
             module_bytes += bytes.len() as u64;
             archive.add_file(&m.path, 0o644, bytes)?;
         }
-        let manifest = serde_json::to_vec_pretty(&res).map_err(|e| BuildError::Ember {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let manifest =
+            serde_json::to_vec_pretty(&manifest_of(&res)).map_err(|e| BuildError::Ember {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
         archive.add_file("etc/ember/modules.json", 0o644, manifest)?;
         resolution = Some(res);
     }
