@@ -98,6 +98,12 @@ impl Timings {
         })
         .collect();
         parts.push(format!("total {}", ms(total)));
+        // Inside mount(2) and friends, in whatever phase: unavoidable work.
+        let (in_mount, mount_calls) = crate::sys::perf::mount_syscalls();
+        parts.push(format!(
+            "in mount syscalls {} ({mount_calls} calls)",
+            ms(in_mount)
+        ));
         let mut line = format!(
             "boot summary: {} (started {} after kernel start)",
             parts.join(", "),
@@ -163,6 +169,9 @@ struct Executor {
     manifest: Option<ModuleManifest>,
     /// Set when a hibernation image may be waiting: no rollback may run.
     rollback_blocked: Option<String>,
+    /// Top-level mounts of rolled-back filesystems, kept until each
+    /// filesystem's first subvolume is mounted (see `sys::rollback`).
+    held_tops: Vec<(config::DeviceSpec, crate::sys::btrfs::TopLevel)>,
     /// Whether ember is the initrd's init (only then may it trigger a resume).
     as_init: bool,
     /// Where the new root is assembled (`/sysroot`; `/mnt-root` in NixOS's scripted stage 1).
@@ -235,6 +244,7 @@ impl Executor {
         field: &str,
         device: &config::DeviceSpec,
         rb: &config::Rollback,
+        fs_options: &[String],
         dry_run: bool,
         pause_after: Option<usize>,
     ) -> Result<(), BootError> {
@@ -248,13 +258,24 @@ impl Executor {
                 rb.on_guard_failure,
             );
         };
-        let identity = self
-            .devices()
-            .find(device)
-            .map(|d| (d.uuid.clone(), d.label.clone()))
-            .unwrap_or_default();
-        match rollback_run::run(&path, device, rb, identity, dry_run, pause_after) {
-            Ok(Outcome::Done { actions, took }) => {
+        let identity = match crate::sys::btrfs::identity(&path) {
+            Ok(id) => (Some(id.uuid), id.label),
+            Err(e) => {
+                log::warn!("cannot read the Btrfs superblock of {path}: {e}");
+                (None, None)
+            }
+        };
+        match rollback_run::run(
+            &path,
+            device,
+            rb,
+            identity,
+            fs_options,
+            dry_run,
+            pause_after,
+        ) {
+            Ok(Outcome::Done { actions, took, top }) => {
+                self.held_tops.push((device.clone(), top));
                 log::info!(
                     "rolled back subvolume {} of {device} in {}ms ({} steps)",
                     rb.subvolume.trim_matches('/'),
@@ -287,6 +308,7 @@ impl Executor {
             init_args,
             manifest: None,
             rollback_blocked: None,
+            held_tops: Vec::new(),
             as_init,
             sysroot: sysroot.to_string(),
             persist_dry_run: false,
@@ -441,9 +463,10 @@ impl Executor {
                 field,
                 device,
                 rollback,
+                fs_options,
                 dry_run,
                 pause_after,
-            } => self.rollback(field, device, rollback, *dry_run, *pause_after),
+            } => self.rollback(field, device, rollback, fs_options, *dry_run, *pause_after),
             Step::RollbackRefused {
                 field,
                 reasons,
@@ -468,8 +491,12 @@ impl Executor {
                         device: device.to_string(),
                     })?;
                 let target = mount_point.under(&self.sysroot);
-                match mount::mount_subvolume(&path, &self.sysroot, mount_point, subvolume, options)
-                {
+                let mounted =
+                    mount::mount_subvolume(&path, &self.sysroot, mount_point, subvolume, options);
+                // The filesystem is now held by a mount of its own (or the
+                // boot will not go on): its top-level mount can go.
+                self.held_tops.retain(|(d, _)| d != device);
+                match mounted {
                     Ok(Mounted::Now) => {
                         log::info!(
                             "mounted subvolume {subvolume} of {path} at {target} ({})",
@@ -527,6 +554,7 @@ impl Executor {
             Step::SwitchRoot { init } => {
                 // Let the device prober finish (every /dev/disk link made) and stop.
                 self.devices = None;
+                self.held_tops.clear();
                 // switch_root() checks the init before anything irreversible.
                 self.timings.add(Phase::SwitchRoot, Duration::ZERO);
                 log::info!(

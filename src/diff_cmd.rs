@@ -136,7 +136,7 @@ fn configured_root(config: &config::Config) -> Result<(TopLevel, String), String
             fs.device
         )
     })?;
-    let top = TopLevel::mount(&device, Path::new("/run/ember/diff-top"))
+    let top = TopLevel::mount(&device, Path::new("/run/ember/diff-top"), &[])
         .map_err(|e| format!("cannot mount the top level of {device}: {e}"))?;
     Ok((top, rb.subvolume.trim_matches('/').to_string()))
 }

@@ -44,6 +44,12 @@ pub enum Step {
         field: String,
         device: DeviceSpec,
         rollback: Rollback,
+        /// The options this filesystem's first subvolume mount uses. The
+        /// rollback's top-level mount is the filesystem's first mount and
+        /// stays until that subvolume mount is made, so Btrfs's
+        /// filesystem-wide options (`compress=`, `space_cache=`, ...) must
+        /// be the ones the subvolumes ask for.
+        fs_options: Vec<String>,
         dry_run: bool,
         pause_after: Option<usize>,
     },
@@ -173,6 +179,7 @@ pub fn plan(config: &Config, cmdline: &KernelCmdline, discovered: &Discovered) -
     if let Some(spec) = &cmdline.resume {
         steps.push(Step::Resume { spec: spec.clone() });
     }
+    let mounts = mount_order(config);
     for (i, fs) in config.btrfs.iter().enumerate() {
         let Some(rb) = &fs.rollback else { continue };
         let field = format!("btrfs[{i}].rollback");
@@ -197,13 +204,18 @@ pub fn plan(config: &Config, cmdline: &KernelCmdline, discovered: &Discovered) -
                 field,
                 device: fs.device.clone(),
                 rollback: rb.clone(),
+                fs_options: mounts
+                    .iter()
+                    .find(|m| m.field_fs == i)
+                    .map(|m| merged_options(&fs.options, &m.subvolume.options))
+                    .unwrap_or_else(|| fs.options.clone()),
                 dry_run: cmdline.rollback == RollbackSwitch::DryRun,
                 pause_after: cmdline.rollback_pause_after,
             });
         }
     }
 
-    for m in mount_order(config) {
+    for m in mounts {
         let fs = &config.btrfs[m.field_fs];
         steps.push(Step::MountSubvolume {
             field: m.field(),
@@ -501,6 +513,15 @@ mod tests {
         let rollback = pos(&|s| matches!(s, Step::Rollback { .. }));
         let mount = pos(&|s| matches!(s, Step::MountSubvolume { .. }));
         assert!(unlock < resume && resume < rollback && rollback < mount);
+        // The top-level mount opens the filesystem with the options its
+        // first subvolume mount (the root's) would have used.
+        let (Step::Rollback { fs_options, .. }, Step::MountSubvolume { options, .. }) =
+            (&p.steps[rollback], &p.steps[mount])
+        else {
+            unreachable!()
+        };
+        assert_eq!(fs_options, options);
+        assert!(fs_options.iter().any(|o| o == "compress=zstd"));
         assert_eq!(
             p.steps[rollback].to_string(),
             "roll back subvolume root of /dev/mapper/cryptroot: replace it with a snapshot of root-blank"

@@ -63,6 +63,24 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// Whether this action must be committed before the next one runs.
+    ///
+    /// Every action but a deletion is: the crash-safe order relies on each
+    /// step being on disk before the next. A deletion need not be: Btrfs
+    /// commits transactions in order, so a later step's commit carries it,
+    /// and losing a trailing one to a crash leaves a state the next boot's
+    /// plan already repairs (an `.ember-old` to delete, an expired archive
+    /// entry to prune). Not committing the last deletion matters for boot
+    /// time: a commit wakes btrfs-cleaner, which would then drop the old
+    /// root's files while the boot goes on, on the same CPUs; without it the
+    /// space is reclaimed at the filesystem's next periodic commit, in
+    /// stage 2.
+    pub fn needs_commit(&self) -> bool {
+        !matches!(self, Action::Delete { .. })
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

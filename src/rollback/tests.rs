@@ -232,6 +232,42 @@ fn every_cut_point_recovers() {
     }
 }
 
+/// A crash keeps what was committed: every step up to the last one that
+/// needs a commit (a deletion after it may be lost). Whatever that leaves,
+/// the next boot's plan finishes the rollback.
+#[test]
+fn uncommitted_deletions_lost_in_a_crash_are_repaired() {
+    for strategy in [RollbackStrategy::Blank, RollbackStrategy::Empty] {
+        let config = rb(strategy);
+        let full = plan(&config, &device(), &healthy()).expect("plans");
+        assert!(
+            full.last().is_some_and(|a| !a.needs_commit()),
+            "{strategy:?}: the old root's deletion is the last step: {full:?}"
+        );
+        for cut in 0..=full.len() {
+            let durable = full[..cut]
+                .iter()
+                .rposition(Action::needs_commit)
+                .map_or(0, |i| i + 1);
+            let mut state = healthy();
+            for action in &full[..durable] {
+                apply(&mut state, action);
+            }
+            let next = plan(&config, &device(), &state)
+                .unwrap_or_else(|e| panic!("{strategy:?} cut after {cut}: refused: {e}"));
+            for action in &next {
+                apply(&mut state, action);
+            }
+            assert!(
+                matches!(state.target, Entry::Subvolume { read_only: false }),
+                "{strategy:?} cut {cut}: {state:?}"
+            );
+            assert_eq!(state.new_tmp, Entry::Missing, "cut {cut}");
+            assert_eq!(state.old_tmp, Entry::Missing, "cut {cut}");
+        }
+    }
+}
+
 /// A model of the filesystem for the three names the blank strategy uses.
 fn apply(state: &mut Observed, action: &Action) {
     let slot = |s: &mut Observed, name: &str| -> *mut Entry {

@@ -55,7 +55,7 @@ pub fn mount_all() -> Result<(), (String, io::Error)> {
         if is_mount_point(m.target) {
             continue;
         }
-        mount(m.source, m.target, m.fstype, m.flags, m.data)
+        super::perf::mount_syscall(|| mount(m.source, m.target, m.fstype, m.flags, m.data))
             .map_err(|e| (m.target.to_string(), e.into()))?;
     }
     Ok(())

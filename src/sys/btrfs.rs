@@ -186,7 +186,8 @@ fn no_symlinks_between(top: &Path, relative: &str) -> Result<PathBuf, BtrfsError
     Ok(p)
 }
 
-/// Performs one planned action below the top-level mount, then commits it.
+/// Performs one planned action below the top-level mount (the caller
+/// commits it, see `Action::needs_commit`).
 pub fn apply(top: &Path, action: &Action) -> Result<(), BtrfsError> {
     match action {
         Action::Delete { path, .. } => {
@@ -273,28 +274,29 @@ pub fn apply(top: &Path, action: &Action) -> Result<(), BtrfsError> {
             })?;
         }
     }
-    sync(top)
+    Ok(())
 }
 
 /// The filesystem's top level (subvolid=5), mounted privately for the
 /// rollback and unmounted when dropped.
+#[derive(Debug)]
 pub struct TopLevel {
     path: PathBuf,
 }
 
 impl TopLevel {
-    pub fn mount(device: &str, at: &Path) -> io::Result<TopLevel> {
+    /// Mounts the top level with the filesystem's own options (`options`,
+    /// as the config writes them): when this is the filesystem's first
+    /// mount, Btrfs takes its filesystem-wide options from it. It is always
+    /// read-write, and never a place to run or open devices from.
+    pub fn mount(device: &str, at: &Path, options: &[String]) -> io::Result<TopLevel> {
         std::fs::create_dir_all(at)?;
-        rustix::mount::mount(
-            device,
-            at,
-            "btrfs",
-            rustix::mount::MountFlags::NOATIME
-                | rustix::mount::MountFlags::NOSUID
-                | rustix::mount::MountFlags::NODEV
-                | rustix::mount::MountFlags::NOEXEC,
-            Some(c"subvolid=5"),
-        )?;
+        let (flags, data) = top_level_data(options);
+        let data =
+            std::ffi::CString::new(data).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        super::perf::mount_syscall(|| {
+            rustix::mount::mount(device, at, "btrfs", flags, Some(data.as_c_str()))
+        })?;
         Ok(TopLevel {
             path: at.to_path_buf(),
         })
@@ -317,7 +319,127 @@ impl TopLevel {
 
 impl Drop for TopLevel {
     fn drop(&mut self) {
-        let _ = rustix::mount::unmount(&self.path, rustix::mount::UnmountFlags::DETACH);
+        let _ = super::perf::mount_syscall(|| {
+            rustix::mount::unmount(&self.path, rustix::mount::UnmountFlags::DETACH)
+        });
         let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Flags and data for the top-level mount: the filesystem's options with
+/// any subvolume selection replaced by the top level, read-write, and
+/// nosuid/nodev/noexec/noatime (nothing is run from it, nothing should
+/// change its files' times).
+fn top_level_data(options: &[String]) -> (rustix::mount::MountFlags, String) {
+    use rustix::mount::MountFlags;
+    let (flags, rest) = super::mount::split_options(options);
+    let flags = (flags - MountFlags::RDONLY)
+        | MountFlags::NOATIME
+        | MountFlags::NOSUID
+        | MountFlags::NODEV
+        | MountFlags::NOEXEC;
+    let mut data = vec!["subvolid=5".to_string()];
+    data.extend(
+        rest.into_iter()
+            .filter(|o| !o.starts_with("subvol=") && !o.starts_with("subvolid=")),
+    );
+    (flags, data.join(","))
+}
+
+/// A Btrfs filesystem's identity as its superblock states it: the
+/// filesystem UUID and the label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uuid: String,
+    pub label: Option<String>,
+}
+
+/// The primary superblock's offset, and where its fields are (ctree.h).
+const SUPER_OFFSET: u64 = 64 * 1024;
+const SUPER_MAGIC: &[u8; 8] = b"_BHRfS_M";
+const MAGIC_AT: usize = 0x40;
+const FSID_AT: usize = 0x20;
+const LABEL_AT: usize = 0x12b;
+const LABEL_LEN: usize = 256;
+
+/// Reads the identity from the primary superblock of `device`: one 4 KiB
+/// read, where a general probe would try every filesystem type (each read
+/// of an unlocked volume is decrypted). The kernel mounts the same
+/// superblock, so the rollback guards check what will be mounted.
+pub fn identity(device: &str) -> io::Result<Identity> {
+    use std::os::unix::fs::FileExt;
+    let mut block = vec![0u8; 4096];
+    std::fs::File::open(device)?.read_exact_at(&mut block, SUPER_OFFSET)?;
+    parse_identity(&block).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{device} holds no Btrfs superblock"),
+        )
+    })
+}
+
+fn parse_identity(block: &[u8]) -> Option<Identity> {
+    if block.get(MAGIC_AT..MAGIC_AT + 8)? != SUPER_MAGIC {
+        return None;
+    }
+    let id = block.get(FSID_AT..FSID_AT + 16)?;
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    );
+    let raw = block.get(LABEL_AT..LABEL_AT + LABEL_LEN)?;
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    let label = (end > 0).then(|| String::from_utf8_lossy(&raw[..end]).into_owned());
+    Some(Identity { uuid, label })
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    fn superblock(label: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 4096];
+        b[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(SUPER_MAGIC);
+        let fsid = [
+            0xda, 0x35, 0x8e, 0x2e, 0x80, 0x4b, 0x4c, 0xe1, 0x88, 0xe8, 0x9a, 0xd0, 0x56, 0x37,
+            0xfc, 0x32,
+        ];
+        b[FSID_AT..FSID_AT + 16].copy_from_slice(&fsid);
+        b[LABEL_AT..LABEL_AT + label.len()].copy_from_slice(label);
+        b
+    }
+
+    #[test]
+    fn reads_uuid_and_label_like_blkid() {
+        let id = parse_identity(&superblock(b"nixos")).expect("btrfs");
+        assert_eq!(id.uuid, "da358e2e-804b-4ce1-88e8-9ad05637fc32");
+        assert_eq!(id.label.as_deref(), Some("nixos"));
+        assert_eq!(parse_identity(&superblock(b"")).expect("btrfs").label, None);
+    }
+
+    #[test]
+    fn anything_else_is_not_btrfs() {
+        let mut b = superblock(b"nixos");
+        b[MAGIC_AT] = b'x';
+        assert_eq!(parse_identity(&b), None);
+        assert_eq!(parse_identity(&[0u8; 100]), None);
+    }
+
+    #[test]
+    fn top_level_is_read_write_and_never_a_subvolume() {
+        use rustix::mount::MountFlags;
+        let opts: Vec<String> = ["ro", "compress=zstd", "subvol=root", "noatime", "x-foo"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (flags, data) = top_level_data(&opts);
+        assert_eq!(data, "subvolid=5,compress=zstd");
+        assert!(!flags.contains(MountFlags::RDONLY));
+        assert!(flags.contains(MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC));
     }
 }

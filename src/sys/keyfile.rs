@@ -97,7 +97,7 @@ struct Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if let Err(e) = unmount(&self.dir, UnmountFlags::empty()) {
+        if let Err(e) = super::perf::mount_syscall(|| unmount(&self.dir, UnmountFlags::empty())) {
             log::debug!("unmount {}: {e}; detaching", self.dir.display());
             let _ = unmount(&self.dir, UnmountFlags::DETACH);
         }
@@ -128,13 +128,15 @@ pub fn read_on_device(
         .map_err(|e| format!("cannot create {MOUNT_BASE}: {}", os_text(&e)))?;
     let dir = PathBuf::from(MOUNT_BASE).join(devnode.trim_start_matches("/dev/").replace('/', "_"));
     let _ = std::fs::create_dir(&dir);
-    mount(
-        devnode,
-        &dir,
-        fstype,
-        MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
-        None,
-    )
+    super::perf::mount_syscall(|| {
+        mount(
+            devnode,
+            &dir,
+            fstype,
+            MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
+            None,
+        )
+    })
     .map_err(|e| {
         let _ = std::fs::remove_dir(&dir);
         format!(

@@ -112,13 +112,15 @@ pub fn mount_subvolume(
         target
     };
     let data = std::ffi::CString::new(data).map_err(|_| fail(rustix::io::Errno::INVAL))?;
-    mount(
-        device,
-        target.as_str(),
-        "btrfs",
-        flags,
-        Some(data.as_c_str()),
-    )
+    super::perf::mount_syscall(|| {
+        mount(
+            device,
+            target.as_str(),
+            "btrfs",
+            flags,
+            Some(data.as_c_str()),
+        )
+    })
     .map_err(fail)?;
     Ok(Mounted::Now)
 }

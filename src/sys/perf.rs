@@ -1,6 +1,8 @@
 //! Measurement points for the boot summary that the phase timers cannot
 //! see: the time libcryptsetup spends in key derivation (the one part of an
-//! unlock that is slow by design) and ember's memory high-water mark.
+//! unlock that is slow by design), the time spent inside mount-family
+//! system calls (the other work ember cannot avoid), and ember's memory
+//! high-water mark.
 //!
 //! The PBKDF time comes from a link-time wrapper: the static build links with
 //! `-Wl,--wrap=crypt_pbkdf` (see build.rs), so every call libcryptsetup makes
@@ -12,6 +14,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 static PBKDF_NANOS: AtomicU64 = AtomicU64::new(0);
+static MOUNT_NANOS: AtomicU64 = AtomicU64::new(0);
+static MOUNT_CALLS: AtomicU32 = AtomicU32::new(0);
 static PBKDF_CALLS: AtomicU32 = AtomicU32::new(0);
 /// `ru_maxrss` (KiB) when the first key derivation started; 0 = none yet.
 static MAXRSS_BEFORE_PBKDF: AtomicU64 = AtomicU64::new(0);
@@ -21,6 +25,26 @@ pub fn pbkdf() -> (Duration, u32) {
     (
         Duration::from_nanos(PBKDF_NANOS.load(Ordering::Relaxed)),
         PBKDF_CALLS.load(Ordering::Relaxed),
+    )
+}
+
+/// Runs one mount-family system call (mount, umount, open_tree,
+/// move_mount, a remount) and adds its time to [`mount_syscalls`]. Only the
+/// call itself is inside: resolving paths and creating mount points are
+/// ember's own work.
+pub fn mount_syscall<T>(call: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let out = call();
+    MOUNT_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    MOUNT_CALLS.fetch_add(1, Ordering::Relaxed);
+    out
+}
+
+/// Total time inside mount-family system calls so far, and how many.
+pub fn mount_syscalls() -> (Duration, u32) {
+    (
+        Duration::from_nanos(MOUNT_NANOS.load(Ordering::Relaxed)),
+        MOUNT_CALLS.load(Ordering::Relaxed),
     )
 }
 
@@ -128,6 +152,13 @@ pub unsafe extern "C" fn __wrap_crypt_pbkdf(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_syscalls_are_counted() {
+        let (_, before) = mount_syscalls();
+        assert_eq!(mount_syscall(|| 7), 7);
+        assert!(mount_syscalls().1 > before);
+    }
 
     #[test]
     fn rss_figures_are_plausible() {

@@ -136,7 +136,9 @@ fn remount_flags(target_shown: &str, options: &[String]) -> rustix::io::Result<(
     if flags.is_empty() {
         return Ok(());
     }
-    rustix::mount::mount_remount(target_shown, flags | MountFlags::BIND, "")
+    super::perf::mount_syscall(|| {
+        rustix::mount::mount_remount(target_shown, flags | MountFlags::BIND, "")
+    })
 }
 
 /// libmount's escaping for utab fields.
@@ -268,21 +270,25 @@ pub fn apply(sysroot: &str, e: &PersistEntry) -> Result<Outcome, PersistError> {
         target: target_shown.clone(),
         source: err.into(),
     };
-    let tree = open_tree(
-        &source,
-        "",
-        OpenTreeFlags::OPEN_TREE_CLONE
-            | OpenTreeFlags::OPEN_TREE_CLOEXEC
-            | OpenTreeFlags::AT_EMPTY_PATH,
-    )
+    let tree = super::perf::mount_syscall(|| {
+        open_tree(
+            &source,
+            "",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_EMPTY_PATH,
+        )
+    })
     .map_err(bind_err)?;
-    move_mount(
-        &tree,
-        "",
-        &target,
-        "",
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-    )
+    super::perf::mount_syscall(|| {
+        move_mount(
+            &tree,
+            "",
+            &target,
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })
     .map_err(bind_err)?;
     remount_flags(&target_shown, &e.options).map_err(bind_err)?;
     let x_options: Vec<&String> = e.options.iter().filter(|o| o.starts_with("x-")).collect();

@@ -1,6 +1,9 @@
 //! Running a rollback: mount the top level privately, observe, plan (pure,
-//! in `crate::rollback`), apply each action durably, unmount. Shared by the
-//! boot path and `ember rollback`.
+//! in `crate::rollback`), apply each action durably. Shared by the boot path
+//! and `ember rollback`. The top-level mount is handed back to the caller:
+//! the boot keeps it until the filesystem's first subvolume is mounted, so
+//! the filesystem is opened once, not closed (a commit, and a stop of
+//! btrfs-cleaner halfway through) and opened again.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,6 +20,8 @@ pub enum Outcome {
     Done {
         actions: Vec<Action>,
         took: Duration,
+        /// Unmounted when dropped.
+        top: TopLevel,
     },
     DryRun {
         actions: Vec<Action>,
@@ -69,16 +74,18 @@ fn observe(
 
 /// Rolls back per `rb` on the Btrfs filesystem at `device_path`, whose
 /// identity (UUID, label) was read by the caller from its superblock.
+/// `fs_options` are the filesystem's mount options (see `TopLevel::mount`).
 pub fn run(
     device_path: &str,
     fs_device: &DeviceSpec,
     rb: &Rollback,
     identity: (Option<String>, Option<String>),
+    fs_options: &[String],
     dry_run: bool,
     pause_after: Option<usize>,
 ) -> Result<Outcome, RollbackError> {
     let started = Instant::now();
-    let top = TopLevel::mount(device_path, Path::new(TOP_MOUNT)).map_err(|source| {
+    let top = TopLevel::mount(device_path, Path::new(TOP_MOUNT), fs_options).map_err(|source| {
         RollbackError::Mount {
             device: device_path.to_string(),
             source,
@@ -93,7 +100,12 @@ pub fn run(
     for (i, action) in actions.iter().enumerate() {
         log::info!("rollback step {}/{}: {action}", i + 1, actions.len());
         btrfs::apply(top.path(), action)?;
-        if pause_after == Some(i + 1) {
+        let pause = pause_after == Some(i + 1);
+        // A pause stands for a power cut after this step is on disk.
+        if action.needs_commit() || pause {
+            btrfs::sync(top.path())?;
+        }
+        if pause {
             log::warn!(
                 "rollback paused after step {} (ember.rollback_pause_after); cut the power now",
                 i + 1
@@ -106,5 +118,6 @@ pub fn run(
     Ok(Outcome::Done {
         actions,
         took: started.elapsed(),
+        top,
     })
 }
