@@ -565,6 +565,9 @@ impl Executor {
                         self.refused
                     )
                 );
+                if let Some(stages) = crate::sys::perf::crypt_stages_summary() {
+                    log::info!("unlock stages (libcryptsetup): {stages}");
+                }
                 log::info!("switching root to {}, exec {init}", self.sysroot);
                 self.record_step(step, Duration::ZERO, true);
                 self.write_record("switching root", None, None);

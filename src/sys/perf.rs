@@ -149,6 +149,122 @@ pub unsafe extern "C" fn __wrap_crypt_pbkdf(
     rc
 }
 
+/// Stages of a LUKS2 unlock inside libcryptsetup, timed by link-time
+/// wrappers like the PBKDF (static builds; see build.rs): they say where
+/// the unlock's time goes besides the key derivation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CryptStage {
+    /// `crypt_load`: reading, checksumming and parsing both header copies.
+    Load,
+    /// `LUKS2_keyslot_open`: one keyslot, its key derivation included.
+    Keyslot,
+    /// `crypt_storage_init` + `crypt_storage_decrypt`: decrypting the
+    /// keyslot area (through the kernel's AF_ALG interface).
+    KeyslotDecrypt,
+    /// `AF_merge`: merging the anti-forensic stripes into the volume key.
+    AfMerge,
+    /// `LUKS2_digest_verify_by_segment`: checking the volume key (a PBKDF2).
+    Digest,
+    /// `LUKS2_activate`: the kernel keyring and the dm-crypt device.
+    Activate,
+}
+
+const STAGES: usize = 6;
+static STAGE_NANOS: [AtomicU64; STAGES] = [const { AtomicU64::new(0) }; STAGES];
+
+impl CryptStage {
+    pub const ALL: [CryptStage; STAGES] = [
+        CryptStage::Load,
+        CryptStage::Keyslot,
+        CryptStage::KeyslotDecrypt,
+        CryptStage::AfMerge,
+        CryptStage::Digest,
+        CryptStage::Activate,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CryptStage::Load => "header load",
+            CryptStage::Keyslot => "keyslot",
+            CryptStage::KeyslotDecrypt => "keyslot area decryption",
+            CryptStage::AfMerge => "anti-forensic merge",
+            CryptStage::Digest => "digest check",
+            CryptStage::Activate => "activation",
+        }
+    }
+}
+
+/// Time spent in `stage` so far (zero in builds without the wrappers).
+pub fn crypt_stage(stage: CryptStage) -> Duration {
+    Duration::from_nanos(STAGE_NANOS[stage as usize].load(Ordering::Relaxed))
+}
+
+#[cfg(feature = "static")]
+fn add_stage(stage: CryptStage, took: Duration) {
+    STAGE_NANOS[stage as usize].fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// Defines `__wrap_<name>`, which times `__real_<name>` (the library's
+/// function, renamed by `-Wl,--wrap=<name>`) under a stage. The signature
+/// must be the library's own (cryptsetup 2.6's headers).
+macro_rules! timed_wrapper {
+    ($stage:expr, $wrap:ident, $real:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[cfg(feature = "static")]
+        unsafe extern "C" {
+            fn $real($($arg: $ty),*) -> $ret;
+        }
+
+        /// Times the libcryptsetup function it wraps.
+        ///
+        /// # Safety
+        /// Called by the linker-redirected callers with the arguments they
+        /// would pass to the real function; they are handed on unchanged.
+        #[cfg(feature = "static")]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $wrap($($arg: $ty),*) -> $ret {
+            let start = std::time::Instant::now();
+            // SAFETY: the caller's arguments, unchanged, to the function they were meant for.
+            let out = unsafe { $real($($arg),*) };
+            add_stage($stage, start.elapsed());
+            out
+        }
+    };
+}
+
+#[cfg(feature = "static")]
+use libc::{c_char, c_int, c_uint, c_void, size_t};
+
+timed_wrapper!(CryptStage::Load, __wrap_crypt_load, __real_crypt_load,
+    (cd: *mut c_void, requested_type: *const c_char, params: *mut c_void) -> c_int);
+timed_wrapper!(CryptStage::Keyslot, __wrap_LUKS2_keyslot_open, __real_LUKS2_keyslot_open,
+    (cd: *mut c_void, keyslot: c_int, segment: c_int, password: *const c_char,
+     password_len: size_t, vk: *mut *mut c_void) -> c_int);
+timed_wrapper!(CryptStage::KeyslotDecrypt, __wrap_crypt_storage_init, __real_crypt_storage_init,
+    (ctx: *mut *mut c_void, sector_size: size_t, cipher: *const c_char,
+     cipher_mode: *const c_char, key: *const c_void, key_length: size_t, large_iv: bool) -> c_int);
+timed_wrapper!(CryptStage::KeyslotDecrypt, __wrap_crypt_storage_decrypt, __real_crypt_storage_decrypt,
+    (ctx: *mut c_void, iv_offset: u64, length: u64, buffer: *mut c_char) -> c_int);
+timed_wrapper!(CryptStage::AfMerge, __wrap_AF_merge, __real_AF_merge,
+    (src: *const c_char, dst: *mut c_char, blocksize: size_t, blocknumbers: c_uint,
+     hash: *const c_char) -> c_int);
+timed_wrapper!(CryptStage::Digest, __wrap_LUKS2_digest_verify_by_segment,
+    __real_LUKS2_digest_verify_by_segment,
+    (cd: *mut c_void, hdr: *mut c_void, segment: c_int, vk: *const c_void) -> c_int);
+timed_wrapper!(CryptStage::Activate, __wrap_LUKS2_activate, __real_LUKS2_activate,
+    (cd: *mut c_void, name: *const c_char, vk: *mut c_void, flags: u32) -> c_int);
+
+/// The libcryptsetup stages that took time, for the boot log; None when
+/// this build has no wrappers (or nothing was unlocked).
+pub fn crypt_stages_summary() -> Option<String> {
+    let parts: Vec<String> = CryptStage::ALL
+        .iter()
+        .map(|s| (s.name(), crypt_stage(*s)))
+        .filter(|(_, d)| !d.is_zero())
+        .map(|(n, d)| format!("{n} {:.1}ms", d.as_secs_f64() * 1000.0))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
