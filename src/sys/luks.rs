@@ -308,8 +308,11 @@ fn read_slots(dev: &mut CryptDevice) -> Vec<SlotInfo> {
 }
 
 /// Names the kernel module missing for dm-crypt with `cipher`-`mode`, if
-/// one is: device-mapper, the dm-crypt target, the mode's template (`xts`)
-/// or the cipher (`aes`). `None` when everything seems present.
+/// one is: device-mapper, the dm-crypt target, the mode's template (`xts`),
+/// the cipher (`aes`), or the AF_ALG socket interface through which
+/// libcryptsetup decrypts LUKS2 keyslots (this build's crypto backend has
+/// no ciphers of its own, and LUKS2 has no dm-crypt fallback for keyslots).
+/// `None` when everything seems present.
 pub fn missing_kernel_support(
     cipher: &str,
     mode: &str,
@@ -326,6 +329,7 @@ pub fn missing_kernel_support(
         device_mapper: Path::new("/dev/mapper/control").exists()
             || std::fs::read_to_string("/proc/misc").is_ok_and(|m| m.contains("device-mapper")),
         module_loaded: &|m: &str| Path::new("/sys/module").join(m).exists(),
+        keyslot_cipher_via_af_alg: af_alg_has("skcipher", &af_alg_name(cipher, mode)),
     };
     missing_from(cipher, mode, manifest, &kernel)
 }
@@ -338,6 +342,43 @@ pub struct KernelFacts<'a> {
     pub device_mapper: bool,
     /// /sys/module/<name> exists.
     pub module_loaded: &'a dyn Fn(&str) -> bool,
+    /// An AF_ALG socket binds to the cipher (`xts(aes)`) as a skcipher.
+    pub keyslot_cipher_via_af_alg: bool,
+}
+
+/// The kernel crypto API's name for `cipher`-`mode`: `xts(aes)`.
+fn af_alg_name(cipher: &str, mode: &str) -> String {
+    let template = mode.split(['-', ':']).next().unwrap_or_default();
+    format!("{template}({cipher})")
+}
+
+/// Whether the kernel's AF_ALG interface offers `name` of type `kind`
+/// (what libcryptsetup asks for before it decrypts a keyslot area).
+fn af_alg_has(kind: &str, name: &str) -> bool {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: sockaddr_alg is plain old data; all-zero is valid.
+    let mut sa: libc::sockaddr_alg = unsafe { std::mem::zeroed() };
+    if kind.len() >= sa.salg_type.len() || name.len() >= sa.salg_name.len() {
+        return false;
+    }
+    sa.salg_family = libc::AF_ALG as libc::sa_family_t;
+    sa.salg_type[..kind.len()].copy_from_slice(kind.as_bytes());
+    sa.salg_name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_ALG, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: fd is a new descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: valid descriptor, address and length.
+    unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_alg).cast(),
+            std::mem::size_of::<libc::sockaddr_alg>() as libc::socklen_t,
+        ) == 0
+    }
 }
 
 /// [`missing_kernel_support`] over given facts (pure).
@@ -391,6 +432,17 @@ pub fn missing_from(
             why(&format!("{cipher}_generic"))
         ));
     }
+    if !k.keyslot_cipher_via_af_alg {
+        let m = if loaded("af_alg") {
+            "algif_skcipher"
+        } else {
+            "af_alg"
+        };
+        return Some(format!(
+            "libcryptsetup cannot decrypt the keyslot through the kernel's AF_ALG interface ({})",
+            why(m)
+        ));
+    }
     None
 }
 
@@ -427,6 +479,7 @@ mod tests {
             crypto_names: crypto.iter().map(|c| c.to_string()).collect(),
             device_mapper: loaded("dm_mod"),
             module_loaded: loaded,
+            keyslot_cipher_via_af_alg: loaded("algif_skcipher"),
         }
     }
 
@@ -436,7 +489,9 @@ mod tests {
         let none = |_: &str| false;
         let only_dm = |n: &str| n == "dm_mod";
         let dm_and_crypt = |n: &str| n == "dm_mod" || n == "dm_crypt";
-        let all = |n: &str| ["dm_mod", "dm_crypt", "xts"].contains(&n);
+        let dm_crypt_af_alg =
+            |n: &str| ["dm_mod", "dm_crypt", "af_alg", "algif_skcipher"].contains(&n);
+        let all = |n: &str| ["dm_mod", "dm_crypt", "xts", "af_alg", "algif_skcipher"].contains(&n);
         assert_eq!(
             missing_from("aes", "xts-plain64", Some(&m), &facts(&none, &[])).as_deref(),
             Some(
@@ -467,7 +522,7 @@ mod tests {
                 "aes",
                 "xts-plain64",
                 Some(&m),
-                &facts(&dm_and_crypt, &["xts(aes)"])
+                &facts(&dm_crypt_af_alg, &["xts(aes)"])
             ),
             None,
             "an instantiated template counts"
@@ -481,5 +536,35 @@ mod tests {
             None,
             "aes is built in"
         );
+    }
+
+    #[test]
+    fn names_the_missing_af_alg_interface() {
+        // The host has no AF_ALG: what libcryptsetup's EOPNOTSUPP for a
+        // LUKS2 keyslot means.
+        let m = manifest(
+            &["dm_mod", "dm_crypt", "xts", "af_alg", "algif_skcipher"],
+            &["aes"],
+        );
+        let no_algif = |n: &str| ["dm_mod", "dm_crypt", "xts", "af_alg"].contains(&n);
+        assert_eq!(
+            missing_from("aes", "xts-plain64", Some(&m), &facts(&no_algif, &[])).as_deref(),
+            Some(
+                "libcryptsetup cannot decrypt the keyslot through the kernel's AF_ALG interface (kernel module algif_skcipher is in the initrd but not loaded (see the module messages above))"
+            )
+        );
+        let no_af_alg = |n: &str| ["dm_mod", "dm_crypt", "xts"].contains(&n);
+        let without = manifest(&["dm_mod", "dm_crypt", "xts"], &["aes"]);
+        assert!(
+            missing_from(
+                "aes",
+                "xts-plain64",
+                Some(&without),
+                &facts(&no_af_alg, &[])
+            )
+            .is_some_and(|m| m.contains("add \"af_alg\" to kernel_modules"))
+        );
+        assert_eq!(af_alg_name("aes", "xts-plain64"), "xts(aes)");
+        assert_eq!(af_alg_name("aes", "cbc-essiv:sha256"), "cbc(aes)");
     }
 }
