@@ -1,7 +1,8 @@
-//! `ember diff` against a real Btrfs: a sparse image on a loop device with a
-//! read-only `root-blank` snapshot and a `root` made from it, as the
-//! rollback leaves them. Needs root, loop devices and btrfs-progs; without
-//! them each test prints why and passes.
+//! ember against a real Btrfs on a loop device (a sparse image): `ember
+//! diff` on a read-only `root-blank` snapshot and a `root` made from it, as
+//! the rollback leaves them, and subvolume mounts over nested subvolumes.
+//! Needs root, loop devices and btrfs-progs; without them each test prints
+//! why and passes.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -502,4 +503,42 @@ fn diff_of_100k_unchanged_files_reads_only_changed_leaves() {
         all.changes.len(),
         all.stats
     );
+}
+
+/// A mount point that is a nested subvolume of the root (systemd makes
+/// /var/lib/machines one; some layouts nest more) has a device number of its
+/// own without being mounted. It must not be taken for a mount that is
+/// already there: the configured subvolume is mounted over it.
+#[test]
+fn a_nested_subvolume_as_mount_point_is_mounted_over() {
+    use ember::sys::mount::{Mounted, mount_subvolume};
+    let Some(mut fx) = fixture("nested-mount-point", "256M") else {
+        return;
+    };
+    let top = fx.top();
+    fx.subvolume(&["create"], &[&top.join("root")]);
+    fx.subvolume(&["create"], &[&top.join("root/srv")]);
+    fx.subvolume(&["create"], &[&top.join("srv")]);
+    write(&top.join("srv/marker"), "the srv subvolume");
+    let sysroot = fx.dir.join("sysroot");
+    let sysroot_text = sysroot.to_str().expect("utf-8 temp dir").to_string();
+    let device = fx.device().to_string();
+    let at = |p: &str| AbsPath::parse(p).expect("absolute");
+
+    let root = mount_subvolume(&device, &sysroot_text, &at("/"), "root", &[]);
+    assert!(matches!(root, Ok(Mounted::Now)), "{root:?}");
+    fx.mounts.push((String::new(), sysroot.clone()));
+    let srv = mount_subvolume(&device, &sysroot_text, &at("/srv"), "srv", &[]);
+    assert!(
+        matches!(srv, Ok(Mounted::Now)),
+        "the nested subvolume root/srv was taken for a mount: {srv:?}"
+    );
+    fx.mounts.push((String::new(), sysroot.join("srv")));
+    assert_eq!(
+        fs::read_to_string(sysroot.join("srv/marker")).ok().as_deref(),
+        Some("the srv subvolume")
+    );
+    // A second run finds both mounts and leaves them.
+    let again = mount_subvolume(&device, &sysroot_text, &at("/srv"), "srv", &[]);
+    assert!(matches!(again, Ok(Mounted::Already)), "{again:?}");
 }

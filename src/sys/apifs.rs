@@ -61,9 +61,23 @@ pub fn mount_all() -> Result<(), (String, io::Error)> {
     Ok(())
 }
 
-/// A directory is a mount point when it sits on another device than its
-/// parent (enough for the initrd, where no bind mounts of the same device exist yet).
+/// Whether `path` is the root of a mount (not following a final symlink).
 pub fn is_mount_point(path: &str) -> bool {
+    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
+    // The kernel says whether the path is the root of a mount (Linux 5.8).
+    // Comparing device numbers with the parent is only the fallback: on
+    // Btrfs a nested subvolume has a device number of its own without
+    // being mounted, and a mount point that is one would be taken for a
+    // finished mount.
+    if let Ok(st) = statx(
+        CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    ) && st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+    {
+        return st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT);
+    }
     use std::os::unix::fs::MetadataExt;
     let parent = std::path::Path::new(path)
         .parent()
@@ -71,5 +85,21 @@ pub fn is_mount_point(path: &str) -> bool {
     match (std::fs::metadata(path), std::fs::metadata(parent)) {
         (Ok(a), Ok(b)) => a.dev() != b.dev(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_mount_point;
+
+    #[test]
+    fn mount_roots_and_plain_directories() {
+        assert!(is_mount_point("/proc"));
+        assert!(!is_mount_point("/proc/self"));
+        let dir = std::env::temp_dir().join(format!("ember-mp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        assert!(!is_mount_point(dir.to_str().expect("utf-8")));
+        let _ = std::fs::remove_dir(&dir);
+        assert!(!is_mount_point("/nonexistent/ember"));
     }
 }
