@@ -730,6 +730,9 @@ fn prepare(exec: &mut Executor) -> Result<Plan, (BootError, FailurePolicy)> {
     if cmdline.debug {
         log::set_max_level(log::LevelFilter::Debug);
     }
+    if exec.as_init {
+        crate::sys::kmsg::set_quiet(cmdline.quiet);
+    }
     let policy = cmdline.on_failure.unwrap_or(early_policy);
     let path = find_config().ok_or((BootError::NoConfig, policy))?;
     let checked = config::load_for_boot(&path).map_err(|e| (e.into(), policy))?;

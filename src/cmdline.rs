@@ -19,6 +19,9 @@ pub struct KernelCmdline {
     pub on_failure: Option<FailurePolicy>,
     /// `ember.debug`: log at debug level.
     pub debug: bool,
+    /// `quiet`: show only warnings and errors on the console (everything
+    /// still goes to the kernel log).
+    pub quiet: bool,
     /// `ember.rollback=0|1|dry-run`: the escape hatch for one boot.
     pub rollback: RollbackSwitch,
     /// `ember.rollback_pause_after=N`: a testing aid that stops (forever)
@@ -107,6 +110,7 @@ impl KernelCmdline {
                     )),
                 },
                 ("ember.debug", None) => out.debug = true,
+                ("quiet", None) => out.quiet = true,
                 ("ember.rollback", Some(v)) => match v {
                     "0" | "no" | "off" | "false" => out.rollback = RollbackSwitch::Off,
                     "1" | "yes" | "on" | "true" => out.rollback = RollbackSwitch::On,
@@ -160,6 +164,8 @@ mod tests {
         assert_eq!(c.device_timeout_secs, Some(5));
         assert_eq!(c.on_failure, Some(FailurePolicy::Halt));
         assert!(c.debug);
+        assert!(c.quiet);
+        assert!(!KernelCmdline::parse("ember.debug").quiet);
         assert!(c.ignored.is_empty());
     }
 

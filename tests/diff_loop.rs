@@ -535,7 +535,9 @@ fn a_nested_subvolume_as_mount_point_is_mounted_over() {
     );
     fx.mounts.push((String::new(), sysroot.join("srv")));
     assert_eq!(
-        fs::read_to_string(sysroot.join("srv/marker")).ok().as_deref(),
+        fs::read_to_string(sysroot.join("srv/marker"))
+            .ok()
+            .as_deref(),
         Some("the srv subvolume")
     );
     // A second run finds both mounts and leaves them.

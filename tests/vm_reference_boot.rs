@@ -2,7 +2,9 @@
 //! checker (the real init, in /nix) sees every link, mapper device, subvolume
 //! mount with its options and persist bind, and `/var/log` kept as a
 //! subvolume rather than bind-mounted over; it writes a machine-id into
-//! /persist and a marker into /home. Boot 2: both survived.
+//! /persist and a marker into /home. Boot 2, with `quiet` on the kernel
+//! command line: both survived, and the console showed ember's warnings but
+//! not its progress.
 
 mod common;
 
@@ -69,7 +71,7 @@ fn reference_disk_boots_twice_and_keeps_state() {
         "reference-boot2",
         &built.initrd,
         &disk,
-        &format!("checker.phase=2 checker.expect_id={id}"),
+        &format!("checker.phase=2 checker.expect_id={id} quiet"),
     );
     vm.wait_exit(BOOT_TIMEOUT)
         .expect("boot 2 reaches the checker");
@@ -77,4 +79,14 @@ fn reference_disk_boots_twice_and_keeps_state() {
     let mut required = common::COMMON_CHECKS.to_vec();
     required.extend(["machine-id-persisted", "home-marker-survived"]);
     common::assert_checks_passed(&t2, &required);
+    assert!(
+        t2.contains(&format!("ember: warning: {VAR_LOG_WARNING}")),
+        "quiet still shows warnings:\n{t2}"
+    );
+    for progress in ["ember: mounted subvolume", "ember: boot summary"] {
+        assert!(
+            !t2.contains(progress),
+            "quiet: {progress:?} on the console:\n{t2}"
+        );
+    }
 }

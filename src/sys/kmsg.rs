@@ -5,6 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -16,6 +17,14 @@ const RECORDS_PER_OPEN: u32 = 8;
 struct KmsgState {
     file: Option<File>,
     written: u32,
+}
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `quiet` on the kernel command line: from now on, ember itself echoes
+/// only warnings and errors to the console.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
 }
 
 pub struct KmsgLogger {
@@ -115,7 +124,11 @@ impl Log for KmsgLogger {
         let in_kmsg = self.write_kmsg(priority, &message);
         let kernel_shows_it =
             self.as_init && in_kmsg && self.console_level().is_some_and(|c| priority < c);
-        if !kernel_shows_it {
+        // With `quiet`, the console gets only what needs attention (every
+        // record is in the kernel log all the same): console output is slow
+        // on a serial line, and a quiet boot is what the user asked for.
+        let wanted_on_console = record.level() <= Level::Warn || !QUIET.load(Ordering::Relaxed);
+        if !kernel_shows_it && wanted_on_console {
             let prefix = match record.level() {
                 Level::Error => "ember: error: ",
                 Level::Warn => "ember: warning: ",
