@@ -219,7 +219,10 @@ fn read_key(ctx: &mut Context<'_>, key: &KeySource) -> Result<Secret, String> {
         field: format!("{field}.device"),
     }];
     if ctx.devices.resolve(spec).is_none() {
-        log::info!("{field}: waiting up to {timeout_secs}s for key device {spec}");
+        log::info!(
+            target: crate::sys::kmsg::ATTENTION,
+            "{field}: waiting up to {timeout_secs}s for key device {spec}"
+        );
     }
     let found = ctx
         .devices

@@ -21,6 +21,18 @@ struct KmsgState {
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
+/// Whether a record belongs on the console. With `quiet`, only what needs
+/// attention does (every record is in the kernel log all the same):
+/// console output is slow on a serial line, and a quiet boot is what the
+/// user asked for.
+fn wanted_on_console(level: Level, target: &str, quiet: bool) -> bool {
+    level <= Level::Warn || target == ATTENTION || !quiet
+}
+
+/// Log target for records the person at the console must see even with
+/// `quiet`, because they ask them to do something (insert a key device).
+pub const ATTENTION: &str = "ember::attention";
+
 /// `quiet` on the kernel command line: from now on, ember itself echoes
 /// only warnings and errors to the console.
 pub fn set_quiet(quiet: bool) {
@@ -124,11 +136,13 @@ impl Log for KmsgLogger {
         let in_kmsg = self.write_kmsg(priority, &message);
         let kernel_shows_it =
             self.as_init && in_kmsg && self.console_level().is_some_and(|c| priority < c);
-        // With `quiet`, the console gets only what needs attention (every
-        // record is in the kernel log all the same): console output is slow
-        // on a serial line, and a quiet boot is what the user asked for.
-        let wanted_on_console = record.level() <= Level::Warn || !QUIET.load(Ordering::Relaxed);
-        if !kernel_shows_it && wanted_on_console {
+        if !kernel_shows_it
+            && wanted_on_console(
+                record.level(),
+                record.target(),
+                QUIET.load(Ordering::Relaxed),
+            )
+        {
             let prefix = match record.level() {
                 Level::Error => "ember: error: ",
                 Level::Warn => "ember: warning: ",
@@ -142,4 +156,18 @@ impl Log for KmsgLogger {
     }
 
     fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_keeps_warnings_and_requests_for_action() {
+        assert!(wanted_on_console(Level::Info, "ember::boot", false));
+        assert!(!wanted_on_console(Level::Info, "ember::boot", true));
+        assert!(wanted_on_console(Level::Warn, "ember::boot", true));
+        assert!(wanted_on_console(Level::Error, "ember::boot", true));
+        assert!(wanted_on_console(Level::Info, ATTENTION, true));
+    }
 }
