@@ -725,8 +725,7 @@ fn prepare(exec: &mut Executor) -> Result<Plan, (BootError, FailurePolicy)> {
     let early_policy = FailurePolicy::Rescue;
     apifs::mount_all()
         .map_err(|(target, source)| (BootError::ApiMount { target, source }, early_policy))?;
-    let cmdline =
-        KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let cmdline = KernelCmdline::from_bytes(&std::fs::read("/proc/cmdline").unwrap_or_default());
     if cmdline.debug {
         log::set_max_level(log::LevelFilter::Debug);
     }
@@ -863,7 +862,7 @@ pub fn run_phases(run: &PhaseRun<'_>) -> Result<(usize, usize), BootError> {
     };
     let checked = config::load_for_boot(&path)?;
     let mut cmdline =
-        KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+        KernelCmdline::from_bytes(&std::fs::read("/proc/cmdline").unwrap_or_default());
     if run.rollback_dry_run {
         cmdline.rollback = crate::cmdline::RollbackSwitch::DryRun;
     }

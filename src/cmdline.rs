@@ -51,6 +51,20 @@ pub enum RollbackSwitch {
 
 /// Splits the command line the way the kernel does: on spaces, with double
 /// quotes grouping (`foo="a b"`), quotes removed.
+/// A decimal number written as digits only, as the kernel and systemd
+/// take them (Rust's `parse` would also take `+3`).
+pub fn decimal<T: std::str::FromStr>(v: &str) -> Option<T> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// The kernel's separators (`isspace` in lib/cmdline.c): ASCII only.
+fn is_kernel_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r')
+}
+
 pub fn split(text: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut current = String::new();
@@ -62,7 +76,7 @@ pub fn split(text: &str) -> Vec<String> {
                 in_quotes = !in_quotes;
                 has_word = true;
             }
-            c if c.is_whitespace() && !in_quotes => {
+            c if is_kernel_space(c) && !in_quotes => {
                 if has_word {
                     words.push(std::mem::take(&mut current));
                     has_word = false;
@@ -81,6 +95,12 @@ pub fn split(text: &str) -> Vec<String> {
 }
 
 impl KernelCmdline {
+    /// Parses /proc/cmdline as read: bytes that are not UTF-8 (a path in
+    /// another encoding, say) spoil only the word they are in.
+    pub fn from_bytes(bytes: &[u8]) -> KernelCmdline {
+        KernelCmdline::parse(&String::from_utf8_lossy(bytes))
+    }
+
     pub fn parse(text: &str) -> KernelCmdline {
         let mut out = KernelCmdline::default();
         for word in split(text) {
@@ -93,8 +113,8 @@ impl KernelCmdline {
                     Ok(p) => out.init = Some(p),
                     Err(e) => out.ignored.push(format!("init={v}: {e}")),
                 },
-                ("ember.timeout", Some(v)) => match v.parse::<u32>() {
-                    Ok(n) if n > 0 => out.device_timeout_secs = Some(n),
+                ("ember.timeout", Some(v)) => match decimal::<u32>(v) {
+                    Some(n) if n > 0 => out.device_timeout_secs = Some(n),
                     _ => out.ignored.push(format!(
                         "ember.timeout={v}: not a positive number of seconds"
                     )),
@@ -119,8 +139,8 @@ impl KernelCmdline {
                         .ignored
                         .push(format!("ember.rollback={v}: expected 0, 1 or dry-run")),
                 },
-                ("ember.rollback_pause_after", Some(v)) => match v.parse::<usize>() {
-                    Ok(n) if n > 0 => out.rollback_pause_after = Some(n),
+                ("ember.rollback_pause_after", Some(v)) => match decimal::<usize>(v) {
+                    Some(n) if n > 0 => out.rollback_pause_after = Some(n),
                     _ => out.ignored.push(format!(
                         "ember.rollback_pause_after={v}: not a positive number"
                     )),
@@ -150,6 +170,34 @@ mod tests {
         );
         assert_eq!(split(""), Vec::<String>::new());
         assert_eq!(split("x=\"\""), vec!["x=".to_string()]);
+        // Only ASCII whitespace separates words, as in the kernel.
+        assert_eq!(
+            split("a\u{a0}b\tc"),
+            vec!["a\u{a0}b".to_string(), "c".into()]
+        );
+    }
+
+    #[test]
+    fn numbers_are_digits_only() {
+        assert_eq!(
+            KernelCmdline::parse("ember.timeout=3").device_timeout_secs,
+            Some(3)
+        );
+        for bad in ["+3", "-3", "3s", "", " 3"] {
+            let c = KernelCmdline::parse(&format!("ember.timeout={bad}"));
+            assert_eq!(c.device_timeout_secs, None, "{bad:?}");
+        }
+        assert_eq!(
+            KernelCmdline::parse("ember.rollback_pause_after=+2").rollback_pause_after,
+            None
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_spoil_only_their_word() {
+        let c = KernelCmdline::from_bytes(b"root=/dev/\xff\xfe ember.timeout=7 ember.debug\n");
+        assert_eq!(c.device_timeout_secs, Some(7));
+        assert!(c.debug);
     }
 
     #[test]

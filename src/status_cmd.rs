@@ -97,8 +97,7 @@ pub fn run(args: &[String]) -> i32 {
     };
 
     let devices = Devices::start(false);
-    let cmdline =
-        KernelCmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let cmdline = KernelCmdline::from_bytes(&std::fs::read("/proc/cmdline").unwrap_or_default());
     let mut wanted: Vec<(config::DeviceSpec, String)> = Vec::new();
     if let Some(c) = &checked {
         let cfg = &c.config;

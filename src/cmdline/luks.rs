@@ -146,25 +146,25 @@ fn parse_options(text: &str, ignored: &mut Vec<String>) -> LuksOptions {
         match (k, v) {
             ("discard", None) => o.discard = true,
             ("readonly" | "read-only", None) => o.read_only = true,
-            ("tries", Some(v)) => match v.parse::<u32>() {
-                Ok(0) => o.tries = Some(100),
-                Ok(n) => o.tries = Some(n.min(100)),
-                Err(_) => bad("not a number"),
+            ("tries", Some(v)) => match super::decimal::<u32>(v) {
+                Some(0) => o.tries = Some(100),
+                Some(n) => o.tries = Some(n.min(100)),
+                None => bad("not a number"),
             },
             ("timeout", Some(v)) => match parse_seconds(v) {
                 Some(n) => o.timeout_secs = Some(n),
                 None => bad("not a number of seconds"),
             },
-            ("key-slot" | "keyslot", Some(v)) => match v.parse::<u32>() {
-                Ok(n) if n <= crate::config::keys::MAX_KEYSLOT => o.keyslot = Some(n),
+            ("key-slot" | "keyslot", Some(v)) => match super::decimal::<u32>(v) {
+                Some(n) if n <= crate::config::keys::MAX_KEYSLOT => o.keyslot = Some(n),
                 _ => bad("not a LUKS2 keyslot (0-31)"),
             },
-            ("keyfile-offset", Some(v)) => match v.parse::<u64>() {
-                Ok(n) => o.keyfile_offset = Some(n),
-                Err(_) => bad("not a number"),
+            ("keyfile-offset", Some(v)) => match super::decimal::<u64>(v) {
+                Some(n) => o.keyfile_offset = Some(n),
+                None => bad("not a number"),
             },
-            ("keyfile-size", Some(v)) => match v.parse::<u64>() {
-                Ok(n) if n > 0 && n <= crate::config::keys::MAX_KEY_BYTES => {
+            ("keyfile-size", Some(v)) => match super::decimal::<u64>(v) {
+                Some(n) if n > 0 && n <= crate::config::keys::MAX_KEY_BYTES => {
                     o.keyfile_size = Some(n)
                 }
                 _ => bad("not a size between 1 byte and 8 MiB"),
@@ -193,9 +193,9 @@ fn parse_options(text: &str, ignored: &mut Vec<String>) -> LuksOptions {
 /// `30`, `30s`, `2min` (systemd time spans, the common forms).
 fn parse_seconds(v: &str) -> Option<u32> {
     if let Some(m) = v.strip_suffix("min") {
-        return m.trim().parse::<u32>().ok()?.checked_mul(60);
+        return super::decimal::<u32>(m.trim())?.checked_mul(60);
     }
-    v.strip_suffix('s').unwrap_or(v).trim().parse().ok()
+    super::decimal(v.strip_suffix('s').unwrap_or(v).trim())
 }
 
 impl LuksCmdline {
