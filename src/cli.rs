@@ -46,6 +46,11 @@ pub fn main() -> i32 {
     if rustix::process::getpid().is_init() {
         boot::run_as_init(args.into_iter().skip(1).collect());
     }
+    // A command line tool: `ember status | head` ends quietly when the
+    // reader goes away, as other tools do (Rust ignores SIGPIPE, and
+    // println! would then panic on EPIPE).
+    // SAFETY: installs the default disposition; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     ember::sys::kmsg::KmsgLogger::install(log::LevelFilter::Info, false);
     let rest = args.get(2..).unwrap_or(&[]);
     match args.get(1).map(String::as_str) {
@@ -109,55 +114,54 @@ fn failure_code(e: &BootError) -> i32 {
 }
 
 fn phases(args: &[String], name: &str, about: &str, phases: &[Phase]) -> i32 {
-    let mut config: Option<PathBuf> = None;
-    let mut sysroot = SYSROOT.to_string();
-    let mut dry_run = false;
-    let mut ask = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            s if name == "unlock" && s.starts_with("--ask-password=") => {
-                ask = match &s["--ask-password=".len()..] {
-                    "auto" => None,
-                    "console" => Some(AskMode::Console),
-                    "agent" => Some(AskMode::Agent(PathBuf::from(
-                        ember::sys::ask_password::ASK_DIR,
-                    ))),
-                    other => {
-                        return usage_error(&format!(
-                            "--ask-password={other}: expected auto, console or agent"
-                        ));
-                    }
-                }
-            }
-            "--config" => match it.next() {
-                Some(v) => config = Some(PathBuf::from(v)),
-                None => return usage_error("--config needs a path"),
-            },
-            "--sysroot" => match it.next() {
-                Some(v) => sysroot = v.clone(),
-                None => return usage_error("--sysroot needs a path"),
-            },
-            "--dry-run" if name == "rollback" || name == "persist" => dry_run = true,
-            "--help" | "-h" => {
-                let extra = match name {
-                    "rollback" | "persist" => " [--dry-run]",
-                    "unlock" => " [--ask-password=auto|console|agent]",
-                    _ => "",
-                };
-                let codes = if about.contains("exit codes:") {
-                    String::new()
-                } else {
-                    "\n\nexit codes: 0 success, 1 failure, 2 usage or configuration error".into()
-                };
-                println!(
-                    "usage: ember {name} [--config PATH] [--sysroot PATH]{extra}\n\n{about}{codes}"
-                );
-                return 0;
-            }
-            other => return usage_error(&format!("{name}: unknown argument `{other}`")),
-        }
+    let with_dry_run = name == "rollback" || name == "persist";
+    let values: &[(&str, &str)] = if name == "unlock" {
+        &[
+            ("--config", "path"),
+            ("--sysroot", "path"),
+            ("--ask-password", "mode"),
+        ]
+    } else {
+        &[("--config", "path"), ("--sysroot", "path")]
+    };
+    let spec = crate::args::Spec {
+        values,
+        switches: if with_dry_run { &["--dry-run"] } else { &[] },
+        positionals: 0,
+    };
+    let parsed = match crate::args::parse(args, &spec) {
+        Ok(p) => p,
+        Err(message) => return usage_error(&format!("{name}: {message}")),
+    };
+    if parsed.help {
+        let extra = match name {
+            "rollback" | "persist" => " [--dry-run]",
+            "unlock" => " [--ask-password=auto|console|agent]",
+            _ => "",
+        };
+        let codes = if about.contains("exit codes:") {
+            String::new()
+        } else {
+            "\n\nexit codes: 0 success, 1 failure, 2 usage or configuration error".into()
+        };
+        println!("usage: ember {name} [--config PATH] [--sysroot PATH]{extra}\n\n{about}{codes}");
+        return 0;
     }
+    let ask = match parsed.value("--ask-password") {
+        None | Some("auto") => None,
+        Some("console") => Some(AskMode::Console),
+        Some("agent") => Some(AskMode::Agent(PathBuf::from(
+            ember::sys::ask_password::ASK_DIR,
+        ))),
+        Some(other) => {
+            return usage_error(&format!(
+                "--ask-password={other}: expected auto, console or agent"
+            ));
+        }
+    };
+    let config = parsed.value("--config").map(PathBuf::from);
+    let sysroot = parsed.value("--sysroot").unwrap_or(SYSROOT).to_string();
+    let dry_run = parsed.switch("--dry-run");
     let run = PhaseRun {
         phases,
         config: config.as_deref(),
@@ -177,34 +181,24 @@ fn phases(args: &[String], name: &str, about: &str, phases: &[Phase]) -> i32 {
 }
 
 fn check(args: &[String]) -> i32 {
-    let mut config_path = None;
-    let mut cmdline = String::new();
-    let mut manifest_path = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--cmdline" => match it.next() {
-                Some(v) => cmdline = v.clone(),
-                None => return usage_error("--cmdline needs a value"),
-            },
-            "--modules" => match it.next() {
-                Some(v) => manifest_path = Some(v.clone()),
-                None => return usage_error("--modules needs a path"),
-            },
-            "--help" | "-h" => {
-                println!(
-                    "usage: ember check CONFIG [--cmdline TEXT] [--modules MANIFEST]\n\nValidates CONFIG and prints the plan ember would execute at boot, for the\ngiven kernel command line.\nexit codes: 0 valid, 2 invalid or unreadable"
-                );
-                return 0;
-            }
-            s if s.starts_with('-') => return usage_error(&format!("unknown option {s}")),
-            s => {
-                if config_path.replace(s.to_string()).is_some() {
-                    return usage_error("give one CONFIG");
-                }
-            }
-        }
+    let spec = crate::args::Spec {
+        values: &[("--cmdline", "value"), ("--modules", "path")],
+        switches: &[],
+        positionals: 1,
+    };
+    let parsed = match crate::args::parse(args, &spec) {
+        Ok(p) => p,
+        Err(message) => return usage_error(&format!("check: {message}")),
+    };
+    if parsed.help {
+        println!(
+            "usage: ember check CONFIG [--cmdline TEXT] [--modules MANIFEST]\n\nValidates CONFIG and prints the plan ember would execute at boot, for the\ngiven kernel command line.\nexit codes: 0 valid, 2 invalid or unreadable"
+        );
+        return 0;
     }
+    let config_path = parsed.positionals.first().cloned();
+    let cmdline = parsed.value("--cmdline").unwrap_or_default().to_string();
+    let manifest_path = parsed.value("--modules").map(str::to_string);
     let Some(config_path) = config_path else {
         return usage_error("ember check needs a CONFIG path");
     };

@@ -27,28 +27,22 @@ subvolumes inside the root are listed as one line each.
 exit codes: 0 success (changes or not), 1 failure, 2 usage or configuration error";
 
 pub fn run(args: &[String]) -> i32 {
-    let mut config_path: Option<PathBuf> = None;
-    let mut root_dir: Option<PathBuf> = None;
-    let mut json = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" => match it.next() {
-                Some(v) => config_path = Some(PathBuf::from(v)),
-                None => return usage("--config needs a path"),
-            },
-            "--root" => match it.next() {
-                Some(v) => root_dir = Some(PathBuf::from(v)),
-                None => return usage("--root needs a directory"),
-            },
-            "--json" => json = true,
-            "--help" | "-h" => {
-                println!("{ABOUT}");
-                return 0;
-            }
-            other => return usage(&format!("unknown argument `{other}`")),
-        }
+    let spec = crate::args::Spec {
+        values: &[("--config", "path"), ("--root", "directory")],
+        switches: &["--json"],
+        positionals: 0,
+    };
+    let parsed = match crate::args::parse(args, &spec) {
+        Ok(p) => p,
+        Err(message) => return usage(&message),
+    };
+    if parsed.help {
+        println!("{ABOUT}");
+        return 0;
     }
+    let config_path = parsed.value("--config").map(PathBuf::from);
+    let root_dir = parsed.value("--root").map(PathBuf::from);
+    let json = parsed.switch("--json");
     let path = match config_path.or_else(ember::boot::find_config) {
         Some(p) => p,
         None => {

@@ -39,28 +39,22 @@ fn usage(message: &str) -> i32 {
 }
 
 pub fn run(args: &[String]) -> i32 {
-    let mut config_path: Option<PathBuf> = None;
-    let mut sysroot: Option<String> = None;
-    let mut json = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" => match it.next() {
-                Some(v) => config_path = Some(PathBuf::from(v)),
-                None => return usage("--config needs a path"),
-            },
-            "--sysroot" => match it.next() {
-                Some(v) => sysroot = Some(v.clone()),
-                None => return usage("--sysroot needs a path"),
-            },
-            "--json" => json = true,
-            "--help" | "-h" => {
-                println!("{ABOUT}");
-                return 0;
-            }
-            other => return usage(&format!("unknown argument `{other}`")),
-        }
+    let spec = crate::args::Spec {
+        values: &[("--config", "path"), ("--sysroot", "path")],
+        switches: &["--json"],
+        positionals: 0,
+    };
+    let parsed = match crate::args::parse(args, &spec) {
+        Ok(p) => p,
+        Err(message) => return usage(&message),
+    };
+    if parsed.help {
+        println!("{ABOUT}");
+        return 0;
     }
+    let config_path = parsed.value("--config").map(PathBuf::from);
+    let sysroot = parsed.value("--sysroot").map(str::to_string);
+    let json = parsed.switch("--json");
     let explicit_config = config_path.is_some();
     let mounts = status::parse_mountinfo(
         &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),

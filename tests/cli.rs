@@ -180,3 +180,69 @@ fn initrd_builder_refuses_a_bad_config_and_writes_nothing() {
     assert!(err.contains("dynamically linked"), "{err}");
     assert!(!out.exists());
 }
+
+/// `ember check CONFIG | head -1`: when the reader is gone, ember ends like
+/// other tools (SIGPIPE), without a panic message on the terminal.
+#[test]
+fn a_closed_pipe_ends_ember_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (read_end, write_end) = rustix::pipe::pipe().expect("pipe");
+    drop(read_end);
+    let o = ember()
+        .args(["check", "examples/reference.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run ember");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        o.status
+    );
+}
+
+/// Every subcommand parses its arguments the same way: values after the
+/// option or after `=`, usage errors that name the argument, exit code 2.
+#[test]
+fn arguments_are_parsed_alike_everywhere() {
+    for (args, message) in [
+        (&["check"][..], "ember check needs a CONFIG path"),
+        (&["check", "a", "b"][..], "check: unexpected argument `b`"),
+        (
+            &["check", "--cmdline"][..],
+            "check: --cmdline needs a value",
+        ),
+        (&["diff", "--bogus"][..], "diff: unknown argument `--bogus`"),
+        (
+            &["status", "--sysroot"][..],
+            "status: --sysroot needs a path",
+        ),
+        (
+            &["mount", "--dry-run"][..],
+            "mount: unknown argument `--dry-run`",
+        ),
+        (
+            &["unlock", "--ask-password=bad"][..],
+            "--ask-password=bad: expected auto, console or agent",
+        ),
+    ] {
+        let o = ember().args(args).output().expect("run ember");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+    let o = ember()
+        .args([
+            "check",
+            "--cmdline=ember.rollback=0",
+            "examples/reference.toml",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run ember");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+}
