@@ -71,6 +71,21 @@ pub fn build_initrd(a: &Assets, name: &str, config: &str) -> Built {
 
 /// [`build_initrd`] with extra `ember-initrd` arguments (`--busybox /bin/busybox`).
 pub fn build_initrd_with(a: &Assets, name: &str, config: &str, extra: &[&str]) -> Built {
+    build_initrd_from(a, name, config, &a.modules_dir, extra)
+}
+
+/// [`build_initrd`] from another kernel module tree.
+pub fn build_initrd_with_modules(a: &Assets, name: &str, config: &str, modules: &Path) -> Built {
+    build_initrd_from(a, name, config, modules, &[])
+}
+
+fn build_initrd_from(
+    a: &Assets,
+    name: &str,
+    config: &str,
+    modules: &Path,
+    extra: &[&str],
+) -> Built {
     let dir = work_dir();
     let ext = if config.trim_start().starts_with('{') {
         "json"
@@ -86,7 +101,7 @@ pub fn build_initrd_with(a: &Assets, name: &str, config: &str, extra: &[&str]) -
         .arg("--ember")
         .arg(static_ember())
         .arg("--kernel-modules")
-        .arg(&a.modules_dir)
+        .arg(modules)
         .arg("--output")
         .arg(&out);
     if config.contains("/etc/ember/keys/cryptroot.key") {

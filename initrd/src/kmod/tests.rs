@@ -90,6 +90,10 @@ fn fixture() -> (TempDir, PathBuf) {
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             enc.write_all(&body).unwrap();
             enc.finish().unwrap()
+        } else if rel.ends_with(".xz") {
+            let mut out = Vec::new();
+            lzma_rs::xz_compress(&mut &body[..], &mut out).unwrap();
+            out
         } else {
             body
         };
@@ -386,6 +390,16 @@ fn module_bytes_decompresses_and_checks() {
         xz.path,
         "lib/modules/6.1.0-test/kernel/arch/x86/crypto/aesni-intel.ko"
     );
+    assert_eq!(
+        r.module_bytes(&tree, xz).unwrap(),
+        elf("kernel/arch/x86/crypto/aesni-intel.ko.xz")
+    );
+    // A damaged compressed module is named.
+    std::fs::write(
+        dir.join("kernel/arch/x86/crypto/aesni-intel.ko.xz"),
+        b"\xfd7zXZ\0 damaged",
+    )
+    .unwrap();
     let err = r.module_bytes(&tree, xz).unwrap_err();
     assert!(matches!(err, KmodError::Decompress { .. }), "{err}");
     assert!(err.to_string().contains("aesni-intel.ko.xz"), "{err}");
