@@ -19,7 +19,6 @@ fn main() {
             "crypt_storage_init",
             "crypt_storage_decrypt",
             "AF_merge",
-            "LUKS2_digest_verify_by_segment",
             "LUKS2_activate",
         ] {
             println!("cargo:rustc-link-arg-bins=-Wl,--wrap={f}");

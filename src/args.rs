@@ -68,6 +68,28 @@ pub fn parse(args: &[String], spec: &Spec<'_>) -> Result<Parsed, String> {
     Ok(out)
 }
 
+/// [`parse`] for a command's `run`: `Err` is the exit code the command
+/// returns at once: 0 after printing `help` for `--help`, 2 after a usage
+/// error (named, then `help`, on stderr).
+pub fn parse_or_exit(
+    args: &[String],
+    spec: &Spec<'_>,
+    command: &str,
+    help: &str,
+) -> Result<Parsed, i32> {
+    match parse(args, spec) {
+        Err(message) => {
+            eprintln!("ember: {command}: {message}\n\n{help}");
+            Err(2)
+        }
+        Ok(p) if p.help => {
+            println!("{help}");
+            Err(0)
+        }
+        Ok(p) => Ok(p),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -721,11 +721,16 @@ fn resume_by_number(spec: &str) -> Option<String> {
 
 /// Loads config and manifest and makes the plan; mounts the API
 /// filesystems first because the kernel command line lives in /proc.
+/// The running kernel's command line (empty if /proc is not mounted).
+pub fn running_cmdline() -> KernelCmdline {
+    KernelCmdline::from_bytes(&std::fs::read("/proc/cmdline").unwrap_or_default())
+}
+
 fn prepare(exec: &mut Executor) -> Result<Plan, (BootError, FailurePolicy)> {
     let early_policy = FailurePolicy::Rescue;
     apifs::mount_all()
         .map_err(|(target, source)| (BootError::ApiMount { target, source }, early_policy))?;
-    let cmdline = KernelCmdline::from_bytes(&std::fs::read("/proc/cmdline").unwrap_or_default());
+    let cmdline = running_cmdline();
     if cmdline.debug {
         log::set_max_level(log::LevelFilter::Debug);
     }
@@ -861,8 +866,7 @@ pub fn run_phases(run: &PhaseRun<'_>) -> Result<(usize, usize), BootError> {
         None => find_config().ok_or(BootError::NoConfig)?,
     };
     let checked = config::load_for_boot(&path)?;
-    let mut cmdline =
-        KernelCmdline::from_bytes(&std::fs::read("/proc/cmdline").unwrap_or_default());
+    let mut cmdline = running_cmdline();
     if run.rollback_dry_run {
         cmdline.rollback = crate::cmdline::RollbackSwitch::DryRun;
     }

@@ -129,24 +129,22 @@ fn phases(args: &[String], name: &str, about: &str, phases: &[Phase]) -> i32 {
         switches: if with_dry_run { &["--dry-run"] } else { &[] },
         positionals: 0,
     };
-    let parsed = match crate::args::parse(args, &spec) {
-        Ok(p) => p,
-        Err(message) => return usage_error(&format!("{name}: {message}")),
+    let extra = match name {
+        "rollback" | "persist" => " [--dry-run]",
+        "unlock" => " [--ask-password=auto|console|agent]",
+        _ => "",
     };
-    if parsed.help {
-        let extra = match name {
-            "rollback" | "persist" => " [--dry-run]",
-            "unlock" => " [--ask-password=auto|console|agent]",
-            _ => "",
-        };
-        let codes = if about.contains("exit codes:") {
-            String::new()
-        } else {
-            "\n\nexit codes: 0 success, 1 failure, 2 usage or configuration error".into()
-        };
-        println!("usage: ember {name} [--config PATH] [--sysroot PATH]{extra}\n\n{about}{codes}");
-        return 0;
-    }
+    let codes = if about.contains("exit codes:") {
+        ""
+    } else {
+        "\n\nexit codes: 0 success, 1 failure, 2 usage or configuration error"
+    };
+    let help =
+        format!("usage: ember {name} [--config PATH] [--sysroot PATH]{extra}\n\n{about}{codes}");
+    let parsed = match crate::args::parse_or_exit(args, &spec, name, &help) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let ask = match parsed.value("--ask-password") {
         None | Some("auto") => None,
         Some("console") => Some(AskMode::Console),
@@ -186,16 +184,11 @@ fn check(args: &[String]) -> i32 {
         switches: &[],
         positionals: 1,
     };
-    let parsed = match crate::args::parse(args, &spec) {
+    const HELP: &str = "usage: ember check CONFIG [--cmdline TEXT] [--modules MANIFEST]\n\nValidates CONFIG and prints the plan ember would execute at boot, for the\ngiven kernel command line.\nexit codes: 0 valid, 2 invalid or unreadable";
+    let parsed = match crate::args::parse_or_exit(args, &spec, "check", HELP) {
         Ok(p) => p,
-        Err(message) => return usage_error(&format!("check: {message}")),
+        Err(code) => return code,
     };
-    if parsed.help {
-        println!(
-            "usage: ember check CONFIG [--cmdline TEXT] [--modules MANIFEST]\n\nValidates CONFIG and prints the plan ember would execute at boot, for the\ngiven kernel command line.\nexit codes: 0 valid, 2 invalid or unreadable"
-        );
-        return 0;
-    }
     let config_path = parsed.positionals.first().cloned();
     let cmdline = parsed.value("--cmdline").unwrap_or_default().to_string();
     let manifest_path = parsed.value("--modules").map(str::to_string);

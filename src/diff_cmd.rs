@@ -32,14 +32,10 @@ pub fn run(args: &[String]) -> i32 {
         switches: &["--json"],
         positionals: 0,
     };
-    let parsed = match crate::args::parse(args, &spec) {
+    let parsed = match crate::args::parse_or_exit(args, &spec, "diff", ABOUT) {
         Ok(p) => p,
-        Err(message) => return usage(&message),
+        Err(code) => return code,
     };
-    if parsed.help {
-        println!("{ABOUT}");
-        return 0;
-    }
     let config_path = parsed.value("--config").map(PathBuf::from);
     let root_dir = parsed.value("--root").map(PathBuf::from);
     let json = parsed.switch("--json");
@@ -82,11 +78,6 @@ pub fn run(args: &[String]) -> i32 {
             1
         }
     }
-}
-
-fn usage(message: &str) -> i32 {
-    eprintln!("ember: diff: {message}\n\n{ABOUT}");
-    2
 }
 
 /// What survives a rollback: every persisted path and every mount point

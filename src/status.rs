@@ -77,25 +77,30 @@ pub struct MountEntry {
     pub source: String,
 }
 
-/// `\040` and friends, as the kernel escapes mountinfo fields.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\134` for a
+/// backslash, ...): the field's bytes, which need not be UTF-8.
+pub fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
             out.push(b[i]);
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+fn unescape(s: &str) -> String {
+    String::from_utf8_lossy(&unescape_mountinfo(s)).into_owned()
 }
 
 /// Parses `/proc/self/mountinfo`.

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use ember::cmdline::KernelCmdline;
 use ember::config::{self, PersistDisposition, validate};
 use ember::status::{
     self, BootRecord, DeviceStatus, PersistStatus, Status, SubvolumeStatus, VolumeStatus,
@@ -33,25 +32,16 @@ Shows, without changing anything:
 exit codes: 0 status shown (whatever it says), 1 cannot gather it,
 2 usage error or unreadable config";
 
-fn usage(message: &str) -> i32 {
-    eprintln!("ember: status: {message}\n\n{ABOUT}");
-    2
-}
-
 pub fn run(args: &[String]) -> i32 {
     let spec = crate::args::Spec {
         values: &[("--config", "path"), ("--sysroot", "path")],
         switches: &["--json"],
         positionals: 0,
     };
-    let parsed = match crate::args::parse(args, &spec) {
+    let parsed = match crate::args::parse_or_exit(args, &spec, "status", ABOUT) {
         Ok(p) => p,
-        Err(message) => return usage(&message),
+        Err(code) => return code,
     };
-    if parsed.help {
-        println!("{ABOUT}");
-        return 0;
-    }
     let config_path = parsed.value("--config").map(PathBuf::from);
     let sysroot = parsed.value("--sysroot").map(str::to_string);
     let json = parsed.switch("--json");
@@ -91,7 +81,7 @@ pub fn run(args: &[String]) -> i32 {
     };
 
     let devices = Devices::start(false);
-    let cmdline = KernelCmdline::from_bytes(&std::fs::read("/proc/cmdline").unwrap_or_default());
+    let cmdline = ember::boot::running_cmdline();
     let mut wanted: Vec<(config::DeviceSpec, String)> = Vec::new();
     if let Some(c) = &checked {
         let cfg = &c.config;

@@ -147,13 +147,17 @@ fn initrd_builder_refuses_a_bad_config_and_writes_nothing() {
     .expect("write");
     let out = scratch("never-written.cpio.gz");
     let _ = std::fs::remove_file(&out);
-    let o = Command::new(&builder)
-        .arg("--config")
-        .arg(&config)
-        .args(["--ember", env!("CARGO_BIN_EXE_ember"), "--output"])
-        .arg(&out)
-        .output()
-        .expect("run ember-initrd");
+    // The builder with this config and the (dynamically linked) test ember.
+    let build = |config: &std::path::Path| {
+        Command::new(&builder)
+            .arg("--config")
+            .arg(config)
+            .args(["--ember", env!("CARGO_BIN_EXE_ember"), "--output"])
+            .arg(&out)
+            .output()
+            .expect("run ember-initrd")
+    };
+    let o = build(&config);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
@@ -168,13 +172,7 @@ fn initrd_builder_refuses_a_bad_config_and_writes_nothing() {
         reference().replace("keyfile = \"/etc/ember/keys/cryptroot.key\"\n", ""),
     )
     .expect("write");
-    let o = Command::new(&builder)
-        .arg("--config")
-        .arg(&config)
-        .args(["--ember", env!("CARGO_BIN_EXE_ember"), "--output"])
-        .arg(&out)
-        .output()
-        .expect("run ember-initrd");
+    let o = build(&config);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("dynamically linked"), "{err}");

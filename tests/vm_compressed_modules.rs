@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -28,6 +29,23 @@ fn compress(tool: &str, from: &Path, to: &Path) {
     std::fs::write(to, out.stdout).expect("write compressed module");
 }
 
+/// A modules.dep line with every compressed module's path given its suffix
+/// (`kernel/x.ko: kernel/y.ko` -> `kernel/x.ko.xz: kernel/y.ko.zst`).
+fn with_suffixes(line: &str, suffix_of: &HashMap<String, &str>) -> String {
+    let suffixed = |path: &str| match suffix_of.get(path) {
+        Some(s) => format!("{path}{s}"),
+        None => path.to_string(),
+    };
+    let words: Vec<String> = line
+        .split(' ')
+        .map(|word| match word.strip_suffix(':') {
+            Some(path) => format!("{}:", suffixed(path)),
+            None => suffixed(word),
+        })
+        .collect();
+    words.join(" ")
+}
+
 #[test]
 fn a_compressed_module_tree_boots() {
     let a = common::assets();
@@ -46,7 +64,7 @@ fn a_compressed_module_tree_boots() {
     let _ = std::fs::remove_dir_all(&top);
     std::fs::create_dir_all(&tree).expect("tree");
     let prefix = format!("lib/modules/{}/", manifest.kernel_version);
-    let mut suffix_of = std::collections::HashMap::new();
+    let mut suffix_of = HashMap::new();
     for (i, m) in manifest.modules.iter().enumerate() {
         let rel = m
             .path
@@ -67,26 +85,9 @@ fn a_compressed_module_tree_boots() {
         }
         let text = std::fs::read_to_string(entry.path()).expect("read index");
         let text = if name == "modules.dep" {
-            // Every path of a compressed module gets its suffix.
             text.lines()
-                .map(|line| {
-                    line.split(' ')
-                        .map(|word| {
-                            let (path, colon) = match word.strip_suffix(':') {
-                                Some(p) => (p, ":"),
-                                None => (word, ""),
-                            };
-                            match suffix_of.get(path) {
-                                Some(s) => format!("{path}{s}{colon}"),
-                                None => word.to_string(),
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-                + "\n"
+                .map(|l| with_suffixes(l, &suffix_of) + "\n")
+                .collect()
         } else {
             text
         };

@@ -14,20 +14,7 @@ fn wrong_then_right_passphrase_boots_without_echo() {
     let mut vm = boot(&a, "passphrase", &built.initrd, &disk, "checker.phase=1");
 
     let wrong = "hunter2-not-the-passphrase";
-    vm.wait_for(
-        "Passphrase for cryptroot (LABEL=luks on /dev/vda2): ",
-        BOOT_TIMEOUT,
-    )
-    .expect("first prompt");
-    vm.send_line(wrong);
-    vm.wait_for(
-        "wrong passphrase for cryptroot (attempt 1 of 3)",
-        BOOT_TIMEOUT,
-    )
-    .expect("the wrong passphrase is reported");
-    vm.wait_for("Passphrase for cryptroot", BOOT_TIMEOUT)
-        .expect("second prompt");
-    vm.send_line(&a.passphrase);
+    common::ember::type_wrong_then_right_passphrase(&mut vm, wrong, &a.passphrase);
     vm.wait_exit(BOOT_TIMEOUT)
         .expect("the boot completes and the checker powers off");
 

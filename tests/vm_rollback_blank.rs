@@ -54,10 +54,7 @@ fn blank_rollback_wipes_root_and_nested_subvolumes_only() {
         &disk,
         REPORT_STATE,
     ));
-    assert_eq!(after["root-marker"], "absent", "{after:?}");
-    assert_eq!(after["nested"], "absent", "{after:?}");
-    assert_eq!(after["home-marker"], "present", "{after:?}");
-    assert_eq!(after["persist-marker"], "present", "{after:?}");
+    disk_shell::assert_rolled_back(&after);
     assert_eq!(after["root.ember-new"], "absent");
     assert_eq!(after["root.ember-old"], "absent");
     assert_eq!(after["root-blank-ro"], "true");

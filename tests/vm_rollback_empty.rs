@@ -33,8 +33,5 @@ fn empty_rollback_starts_from_nothing() {
         &disk,
         REPORT_STATE,
     ));
-    assert_eq!(after["root-marker"], "absent", "{after:?}");
-    assert_eq!(after["nested"], "absent", "{after:?}");
-    assert_eq!(after["home-marker"], "present", "{after:?}");
-    assert_eq!(after["persist-marker"], "present", "{after:?}");
+    disk_shell::assert_rolled_back(&after);
 }

@@ -106,20 +106,7 @@ fn one_passphrase_opens_both_and_never_leaks() {
     );
 
     let wrong = "Wrong-horse-battery-9d1e";
-    vm.wait_for(
-        "Passphrase for cryptroot (LABEL=luks on /dev/vda2): ",
-        BOOT_TIMEOUT,
-    )
-    .expect("first prompt");
-    vm.send_line(wrong);
-    vm.wait_for(
-        "wrong passphrase for cryptroot (attempt 1 of 3)",
-        BOOT_TIMEOUT,
-    )
-    .expect("reported");
-    vm.wait_for("Passphrase for cryptroot", BOOT_TIMEOUT)
-        .expect("second prompt");
-    vm.send_line(&a.passphrase);
+    common::ember::type_wrong_then_right_passphrase(&mut vm, wrong, &a.passphrase);
     vm.wait_for(
         "the passphrase typed for cryptroot also opened second (LABEL=second on /dev/vdb) as /dev/mapper/second (keyslot 7)",
         BOOT_TIMEOUT,

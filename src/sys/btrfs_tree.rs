@@ -45,6 +45,7 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::config::AbsPath;
 use crate::diff::{Change, ChangeKind};
+use crate::status::unescape_mountinfo;
 
 // ---------------------------------------------------------------------------
 // Constants from linux/btrfs_tree.h and linux/magic.h.
@@ -916,26 +917,6 @@ fn scan_fd(fd: BorrowedFd<'_>, info: &SubvolInfo, transid: u64) -> io::Result<Sc
 
 // ---------------------------------------------------------------------------
 // Mount points.
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
 
 /// The mount points strictly below `root` in a `/proc/self/mountinfo` text,
 /// as paths inside `root` (`/home` for `/sysroot/home` under `/sysroot`).

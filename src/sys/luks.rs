@@ -346,10 +346,15 @@ pub struct KernelFacts<'a> {
     pub keyslot_cipher_via_af_alg: bool,
 }
 
+/// The kernel crypto template of a dm-crypt mode: `xts-plain64` -> `xts`,
+/// `cbc-essiv:sha256` -> `cbc`.
+fn mode_template(mode: &str) -> &str {
+    mode.split(['-', ':']).next().unwrap_or_default()
+}
+
 /// The kernel crypto API's name for `cipher`-`mode`: `xts(aes)`.
 fn af_alg_name(cipher: &str, mode: &str) -> String {
-    let template = mode.split(['-', ':']).next().unwrap_or_default();
-    format!("{template}({cipher})")
+    format!("{}({cipher})", mode_template(mode))
 }
 
 /// Whether the kernel's AF_ALG interface offers `name` of type `kind`
@@ -407,8 +412,7 @@ pub fn missing_from(
     if !loaded("dm_crypt") {
         return Some(why("dm_crypt"));
     }
-    // `xts-plain64` -> template `xts`; `cbc-essiv:sha256` -> `cbc`.
-    let template = mode.split(['-', ':']).next().unwrap_or_default();
+    let template = mode_template(mode);
     if !template.is_empty()
         && template != "ecb"
         && !loaded(template)

@@ -1,32 +1,49 @@
 //! Measurement points for the boot summary that the phase timers cannot
 //! see: the time libcryptsetup spends in key derivation (the one part of an
-//! unlock that is slow by design), the time spent inside mount-family
-//! system calls (the other work ember cannot avoid), and ember's memory
-//! high-water mark.
+//! unlock that is slow by design) and in its other unlock stages, the time
+//! spent inside mount-family system calls (the other work ember cannot
+//! avoid), and ember's memory high-water mark.
 //!
-//! The PBKDF time comes from a link-time wrapper: the static build links with
-//! `-Wl,--wrap=crypt_pbkdf` (see build.rs), so every call libcryptsetup makes
-//! to its crypto backend's `crypt_pbkdf` (the keyslot's Argon2/PBKDF2 and the
-//! digest's PBKDF2) goes through [`__wrap_crypt_pbkdf`], which times it. Dynamic
-//! builds have no wrapper and report no PBKDF time.
+//! libcryptsetup is timed by link-time wrappers: the static build links with
+//! `-Wl,--wrap=<function>` for each function of [`CryptStage`] (see
+//! build.rs), so every call to it goes through `__wrap_<function>` here,
+//! which times the real one. Dynamic builds have no wrappers and report
+//! nothing for them.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-static PBKDF_NANOS: AtomicU64 = AtomicU64::new(0);
-static MOUNT_NANOS: AtomicU64 = AtomicU64::new(0);
-static MOUNT_CALLS: AtomicU32 = AtomicU32::new(0);
-static PBKDF_CALLS: AtomicU32 = AtomicU32::new(0);
+/// The time spent in one kind of call, and how many calls there were.
+struct Tally {
+    nanos: AtomicU64,
+    calls: AtomicU32,
+}
+
+impl Tally {
+    const fn new() -> Tally {
+        Tally {
+            nanos: AtomicU64::new(0),
+            calls: AtomicU32::new(0),
+        }
+    }
+
+    fn add(&self, took: Duration) {
+        self.nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> (Duration, u32) {
+        (
+            Duration::from_nanos(self.nanos.load(Ordering::Relaxed)),
+            self.calls.load(Ordering::Relaxed),
+        )
+    }
+}
+
+static MOUNT: Tally = Tally::new();
 /// `ru_maxrss` (KiB) when the first key derivation started; 0 = none yet.
 static MAXRSS_BEFORE_PBKDF: AtomicU64 = AtomicU64::new(0);
-
-/// Total time spent in key derivation so far, and how many derivations ran.
-pub fn pbkdf() -> (Duration, u32) {
-    (
-        Duration::from_nanos(PBKDF_NANOS.load(Ordering::Relaxed)),
-        PBKDF_CALLS.load(Ordering::Relaxed),
-    )
-}
 
 /// Runs one mount-family system call (mount, umount, open_tree,
 /// move_mount, a remount) and adds its time to [`mount_syscalls`]. Only the
@@ -35,17 +52,18 @@ pub fn pbkdf() -> (Duration, u32) {
 pub fn mount_syscall<T>(call: impl FnOnce() -> T) -> T {
     let start = std::time::Instant::now();
     let out = call();
-    MOUNT_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    MOUNT_CALLS.fetch_add(1, Ordering::Relaxed);
+    MOUNT.add(start.elapsed());
     out
 }
 
 /// Total time inside mount-family system calls so far, and how many.
 pub fn mount_syscalls() -> (Duration, u32) {
-    (
-        Duration::from_nanos(MOUNT_NANOS.load(Ordering::Relaxed)),
-        MOUNT_CALLS.load(Ordering::Relaxed),
-    )
+    MOUNT.get()
+}
+
+/// Total time spent in key derivation so far, and how many derivations ran.
+pub fn pbkdf() -> (Duration, u32) {
+    STAGES[CryptStage::Pbkdf as usize].get()
 }
 
 /// The process's resident-set high-water mark in KiB (`getrusage`).
@@ -85,75 +103,13 @@ pub fn peak_rss_outside_pbkdf_kib() -> u64 {
     }
 }
 
-#[cfg(feature = "static")]
-unsafe extern "C" {
-    /// libcryptsetup's real `crypt_pbkdf` (crypto backend), renamed by `--wrap`.
-    fn __real_crypt_pbkdf(
-        kdf: *const libc::c_char,
-        hash: *const libc::c_char,
-        password: *const libc::c_char,
-        password_length: libc::size_t,
-        salt: *const libc::c_char,
-        salt_length: libc::size_t,
-        key: *mut libc::c_char,
-        key_length: libc::size_t,
-        iterations: u32,
-        memory: u32,
-        parallel: u32,
-    ) -> libc::c_int;
-}
-
-/// Times libcryptsetup's key derivations (same signature as
-/// `crypt_pbkdf` in cryptsetup's `lib/crypto_backend/crypto_backend.h`).
-///
-/// # Safety
-/// Called by libcryptsetup with the arguments it would pass to `crypt_pbkdf`;
-/// they are handed on unchanged.
-#[cfg(feature = "static")]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __wrap_crypt_pbkdf(
-    kdf: *const libc::c_char,
-    hash: *const libc::c_char,
-    password: *const libc::c_char,
-    password_length: libc::size_t,
-    salt: *const libc::c_char,
-    salt_length: libc::size_t,
-    key: *mut libc::c_char,
-    key_length: libc::size_t,
-    iterations: u32,
-    memory: u32,
-    parallel: u32,
-) -> libc::c_int {
-    if MAXRSS_BEFORE_PBKDF.load(Ordering::Relaxed) == 0 {
-        MAXRSS_BEFORE_PBKDF.store(peak_rss_kib().max(1), Ordering::Relaxed);
-    }
-    let start = std::time::Instant::now();
-    // SAFETY: the caller's arguments, unchanged, to the function they were meant for.
-    let rc = unsafe {
-        __real_crypt_pbkdf(
-            kdf,
-            hash,
-            password,
-            password_length,
-            salt,
-            salt_length,
-            key,
-            key_length,
-            iterations,
-            memory,
-            parallel,
-        )
-    };
-    PBKDF_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    PBKDF_CALLS.fetch_add(1, Ordering::Relaxed);
-    rc
-}
-
-/// Stages of a LUKS2 unlock inside libcryptsetup, timed by link-time
-/// wrappers like the PBKDF (static builds; see build.rs): they say where
-/// the unlock's time goes besides the key derivation.
+/// What libcryptsetup does during an unlock, each timed by the wrapper of
+/// the library function named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CryptStage {
+    /// `crypt_pbkdf`: every key derivation (the keyslot's Argon2/PBKDF2 and
+    /// the digest's PBKDF2), inside the stages below.
+    Pbkdf,
     /// `crypt_load`: reading, checksumming and parsing both header copies.
     Load,
     /// `LUKS2_keyslot_open`: one keyslot, its key derivation included.
@@ -163,50 +119,47 @@ pub enum CryptStage {
     KeyslotDecrypt,
     /// `AF_merge`: merging the anti-forensic stripes into the volume key.
     AfMerge,
-    /// `LUKS2_digest_verify_by_segment`: checking the volume key (a PBKDF2).
-    Digest,
     /// `LUKS2_activate`: the kernel keyring and the dm-crypt device.
     Activate,
 }
 
-const STAGES: usize = 6;
-static STAGE_NANOS: [AtomicU64; STAGES] = [const { AtomicU64::new(0) }; STAGES];
+static STAGES: [Tally; 6] = [const { Tally::new() }; 6];
 
 impl CryptStage {
-    pub const ALL: [CryptStage; STAGES] = [
+    /// The stages the boot log lists (the PBKDF is in the summary itself).
+    const LOGGED: [CryptStage; 5] = [
         CryptStage::Load,
         CryptStage::Keyslot,
         CryptStage::KeyslotDecrypt,
         CryptStage::AfMerge,
-        CryptStage::Digest,
         CryptStage::Activate,
     ];
 
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
+            CryptStage::Pbkdf => "pbkdf",
             CryptStage::Load => "header load",
             CryptStage::Keyslot => "keyslot",
             CryptStage::KeyslotDecrypt => "keyslot area decryption",
             CryptStage::AfMerge => "anti-forensic merge",
-            CryptStage::Digest => "digest check",
             CryptStage::Activate => "activation",
         }
     }
 }
 
-/// Time spent in `stage` so far (zero in builds without the wrappers).
-pub fn crypt_stage(stage: CryptStage) -> Duration {
-    Duration::from_nanos(STAGE_NANOS[stage as usize].load(Ordering::Relaxed))
-}
-
+/// Called by every wrapper before the real function runs.
 #[cfg(feature = "static")]
-fn add_stage(stage: CryptStage, took: Duration) {
-    STAGE_NANOS[stage as usize].fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+fn stage_starts(stage: CryptStage) {
+    // The high-water mark before Argon2 allocates its memory.
+    if stage == CryptStage::Pbkdf && MAXRSS_BEFORE_PBKDF.load(Ordering::Relaxed) == 0 {
+        MAXRSS_BEFORE_PBKDF.store(peak_rss_kib().max(1), Ordering::Relaxed);
+    }
 }
 
 /// Defines `__wrap_<name>`, which times `__real_<name>` (the library's
 /// function, renamed by `-Wl,--wrap=<name>`) under a stage. The signature
-/// must be the library's own (cryptsetup 2.6's headers).
+/// must be the library's own (cryptsetup 2.6's headers; the static-deps
+/// recipe pins that version).
 macro_rules! timed_wrapper {
     ($stage:expr, $wrap:ident, $real:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[cfg(feature = "static")]
@@ -222,10 +175,11 @@ macro_rules! timed_wrapper {
         #[cfg(feature = "static")]
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $wrap($($arg: $ty),*) -> $ret {
+            stage_starts($stage);
             let start = std::time::Instant::now();
             // SAFETY: the caller's arguments, unchanged, to the function they were meant for.
             let out = unsafe { $real($($arg),*) };
-            add_stage($stage, start.elapsed());
+            STAGES[$stage as usize].add(start.elapsed());
             out
         }
     };
@@ -234,6 +188,10 @@ macro_rules! timed_wrapper {
 #[cfg(feature = "static")]
 use libc::{c_char, c_int, c_uint, c_void, size_t};
 
+timed_wrapper!(CryptStage::Pbkdf, __wrap_crypt_pbkdf, __real_crypt_pbkdf,
+    (kdf: *const c_char, hash: *const c_char, password: *const c_char, password_length: size_t,
+     salt: *const c_char, salt_length: size_t, key: *mut c_char, key_length: size_t,
+     iterations: u32, memory: u32, parallel: u32) -> c_int);
 timed_wrapper!(CryptStage::Load, __wrap_crypt_load, __real_crypt_load,
     (cd: *mut c_void, requested_type: *const c_char, params: *mut c_void) -> c_int);
 timed_wrapper!(CryptStage::Keyslot, __wrap_LUKS2_keyslot_open, __real_LUKS2_keyslot_open,
@@ -247,18 +205,15 @@ timed_wrapper!(CryptStage::KeyslotDecrypt, __wrap_crypt_storage_decrypt, __real_
 timed_wrapper!(CryptStage::AfMerge, __wrap_AF_merge, __real_AF_merge,
     (src: *const c_char, dst: *mut c_char, blocksize: size_t, blocknumbers: c_uint,
      hash: *const c_char) -> c_int);
-timed_wrapper!(CryptStage::Digest, __wrap_LUKS2_digest_verify_by_segment,
-    __real_LUKS2_digest_verify_by_segment,
-    (cd: *mut c_void, hdr: *mut c_void, segment: c_int, vk: *const c_void) -> c_int);
 timed_wrapper!(CryptStage::Activate, __wrap_LUKS2_activate, __real_LUKS2_activate,
     (cd: *mut c_void, name: *const c_char, vk: *mut c_void, flags: u32) -> c_int);
 
 /// The libcryptsetup stages that took time, for the boot log; None when
 /// this build has no wrappers (or nothing was unlocked).
 pub fn crypt_stages_summary() -> Option<String> {
-    let parts: Vec<String> = CryptStage::ALL
+    let parts: Vec<String> = CryptStage::LOGGED
         .iter()
-        .map(|s| (s.name(), crypt_stage(*s)))
+        .map(|s| (s.name(), STAGES[*s as usize].get().0))
         .filter(|(_, d)| !d.is_zero())
         .map(|(n, d)| format!("{n} {:.1}ms", d.as_secs_f64() * 1000.0))
         .collect();

@@ -134,3 +134,12 @@ pub fn state(output: &str) -> std::collections::BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.trim().to_string()))
         .collect()
 }
+
+/// After a rollback: the old root's marker and nested subvolume are gone,
+/// /home's and /persist's markers are still there.
+pub fn assert_rolled_back(after: &std::collections::BTreeMap<String, String>) {
+    assert_eq!(after["root-marker"], "absent", "{after:?}");
+    assert_eq!(after["nested"], "absent", "{after:?}");
+    assert_eq!(after["home-marker"], "present", "{after:?}");
+    assert_eq!(after["persist-marker"], "present", "{after:?}");
+}

@@ -161,16 +161,11 @@ pub const BLANK_ROLLBACK: &str = "subvolume = \"root\"\nstrategy = \"blank\"\nbl
 /// unpacks concatenated archives in order (later entries win); an
 /// uncompressed archive must start 4-byte aligned.
 pub fn with_config_override(initrd: &Path, name: &str, config_json: &str) -> PathBuf {
-    let mut overlay = super::Initramfs::new(&format!("{name}-override"));
-    overlay.bytes("etc/ember/config.json", config_json.as_bytes(), 0o644);
-    let mut image = std::fs::read(initrd).expect("read initrd");
-    while !image.len().is_multiple_of(4) {
-        image.push(0);
-    }
-    image.extend(std::fs::read(overlay.build()).expect("read override archive"));
-    let out = work_dir().join(format!("{name}.combined.cpio"));
-    std::fs::write(&out, image).expect("write combined initrd");
-    out
+    with_overrides(
+        initrd,
+        name,
+        &[("etc/ember/config.json", config_json.as_bytes())],
+    )
 }
 
 /// Boots `initrd` with ember as /init on several disks (vda, vdb, ...).
@@ -225,4 +220,23 @@ pub fn config_json(toml: &str) -> String {
     let config = ember::config::parse(toml, ember::config::Syntax::Toml, "scenario")
         .unwrap_or_else(|e| panic!("scenario config: {e}"));
     serde_json::to_string_pretty(&config).expect("serialise config")
+}
+
+/// At the reference volume's passphrase prompt: types `wrong`, waits for
+/// ember to report it, then types `right` at the second prompt.
+pub fn type_wrong_then_right_passphrase(vm: &mut Vm, wrong: &str, right: &str) {
+    vm.wait_for(
+        "Passphrase for cryptroot (LABEL=luks on /dev/vda2): ",
+        BOOT_TIMEOUT,
+    )
+    .expect("first prompt");
+    vm.send_line(wrong);
+    vm.wait_for(
+        "wrong passphrase for cryptroot (attempt 1 of 3)",
+        BOOT_TIMEOUT,
+    )
+    .expect("the wrong passphrase is reported");
+    vm.wait_for("Passphrase for cryptroot", BOOT_TIMEOUT)
+        .expect("second prompt");
+    vm.send_line(right);
 }
